@@ -1,0 +1,42 @@
+"""The `caspo-jax` command: one subcommand per job, each a thin wrapper over the library.
+
+Subcommands register themselves in `COMMANDS` (name -> (add_arguments, run)); `main` parses and
+dispatches. Errors a user can fix (bad paths, bad config) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from caspo_jax.commands import model_tools
+
+COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
+    "selfcheck": ("build a tiny Qwen3, round-trip it, compare with transformers", *model_tools.SELFCHECK),
+    "convert": ("HF folder -> our params -> HF folder", *model_tools.CONVERT),
+    "inspect": ("summarise an HF model folder", *model_tools.INSPECT),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="caspo-jax", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_arguments, _) in COMMANDS.items():
+        add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _, _, run = COMMANDS[args.command]
+    try:
+        return run(args) or 0
+    except (FileNotFoundError, ValueError, KeyError, PermissionError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"caspo-jax {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

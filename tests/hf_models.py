@@ -1,0 +1,63 @@
+"""Tiny random Hugging Face models and tokenizers, built offline, for tests (the oracle is torch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import transformers
+
+VOCAB = 96
+
+VARIANTS = {
+    # Qwen2: q/k/v bias, untied head.
+    "qwen2": dict(cls="Qwen2", kw=dict(num_key_value_heads=2)),
+    # Qwen3: q/k norms, tied embeddings, a non-default rope_theta.
+    "qwen3": dict(cls="Qwen3", kw=dict(num_key_value_heads=2, head_dim=16, tie_word_embeddings=True, rope_theta=5e6)),
+    # Llama-3.1: llama3 rope scaling, GQA 4:1.
+    "llama": dict(
+        cls="Llama",
+        kw=dict(
+            num_key_value_heads=1,
+            rope_theta=5e5,
+            rope_scaling=dict(
+                rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                original_max_position_embeddings=64,
+            ),
+        ),
+    ),
+}
+
+
+def make_hf_model(variant: str, seed: int = 0) -> transformers.PreTrainedModel:
+    spec = VARIANTS[variant]
+    config_cls = getattr(transformers, f"{spec['cls']}Config")
+    model_cls = getattr(transformers, f"{spec['cls']}ForCausalLM")
+    config = config_cls(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=256, bos_token_id=1, eos_token_id=2,
+        attn_implementation="eager", **spec["kw"],
+    )
+    torch.manual_seed(seed)
+    model = model_cls(config).eval()
+    with torch.no_grad():  # random init leaves norms at 1 and biases at 0: perturb so bugs show
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight") or name.endswith(".bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def save_hf_model(variant: str, path: Path, seed: int = 0, dtype: torch.dtype = torch.float32) -> Path:
+    model = make_hf_model(variant, seed).to(dtype)
+    model.save_pretrained(path)
+    return path
+
+
+def torch_logits(model: transformers.PreTrainedModel, tokens, attention_mask=None):
+    with torch.no_grad():
+        ids = torch.as_tensor(tokens, dtype=torch.long)
+        mask = None if attention_mask is None else torch.as_tensor(attention_mask, dtype=torch.long)
+        kwargs = {}
+        if mask is not None:  # HF needs explicit positions for left padding
+            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+        return model(input_ids=ids, attention_mask=mask, **kwargs).logits.float().numpy()
