@@ -7,7 +7,12 @@ from pathlib import Path
 import torch
 import transformers
 
-VOCAB = 96
+VOCAB = 128  # >= the test tokenizers' vocabularies
+SPECIALS = ["<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
 
 VARIANTS = {
     # Qwen2: q/k/v bias, untied head.
@@ -35,7 +40,7 @@ def make_hf_model(variant: str, seed: int = 0) -> transformers.PreTrainedModel:
     model_cls = getattr(transformers, f"{spec['cls']}ForCausalLM")
     config = config_cls(
         vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=256, bos_token_id=1, eos_token_id=2,
+        num_attention_heads=4, max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0,
         attn_implementation="eager", **spec["kw"],
     )
     torch.manual_seed(seed)
@@ -61,3 +66,32 @@ def torch_logits(model: transformers.PreTrainedModel, tokens, attention_mask=Non
         if mask is not None:  # HF needs explicit positions for left padding
             kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
         return model(input_ids=ids, attention_mask=mask, **kwargs).logits.float().numpy()
+
+
+def save_tokenizer(path: Path, kind: str = "char") -> Path:
+    """A tokenizer in HF format built offline, ids 0..2 = <pad>, <s>, </s>.
+
+    'char': one token per character (so the step delimiter "\n\n" is two tokens);
+    'bpe': a BPE trained on arithmetic text, where "\n\n" is one token.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    chars = [chr(c) for c in range(32, 127)] + ["\n"]
+    if kind == "char":
+        vocab = {tok: i for i, tok in enumerate(SPECIALS + chars)}
+        tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+        tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+        tok.decoder = decoders.Fuse()
+    else:
+        tok = Tokenizer(models.BPE())
+        tok.decoder = decoders.Fuse()
+        text = ["Step 1: 3 + 4 = 7\n\nStep 2: 7 * 2 = 14\n\nThe answer is 14\n\n"] * 50
+        trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=SPECIALS, initial_alphabet=chars)
+        tok.train_from_iterator(text, trainer)
+        assert tok.get_vocab_size() <= VOCAB
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(path)
+    return path
