@@ -11,11 +11,13 @@ import sys
 from typing import Callable
 
 from caspo_jax.commands import model_tools
+from caspo_jax.commands import sample as sample_command
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "selfcheck": ("build a tiny Qwen3, round-trip it, compare with transformers", *model_tools.SELFCHECK),
     "convert": ("HF folder -> our params -> HF folder", *model_tools.CONVERT),
     "inspect": ("summarise an HF model folder", *model_tools.INSPECT),
+    "sample": ("sample continuations of JSONL prompts with per-step confidence", *sample_command.SAMPLE),
 }
 
 

@@ -40,7 +40,7 @@ def make_hf_model(variant: str, seed: int = 0) -> transformers.PreTrainedModel:
     model_cls = getattr(transformers, f"{spec['cls']}ForCausalLM")
     config = config_cls(
         vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        num_attention_heads=4, max_position_embeddings=1024, bos_token_id=1, eos_token_id=2, pad_token_id=0,
         attn_implementation="eager", **spec["kw"],
     )
     torch.manual_seed(seed)

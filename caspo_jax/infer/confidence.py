@@ -24,6 +24,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from caspo_jax.infer import sampling
+
 CONFIDENCE_KINDS = ("entropy_conf", "neg_entropy", "max_prob", "topk_logprob")
 SPAN_AGGREGATIONS = ("mean", "min")
 PATH_AGGREGATIONS = ("mean", "min", "product")
@@ -66,7 +68,9 @@ def _log_vocab(logits: jax.Array) -> float:
 
 
 def _topk_conf(x: jax.Array, shift: jax.Array, log_z: jax.Array, k: int) -> jax.Array:
-    top = jax.lax.top_k(x, min(k, x.shape[-1]))[0]
+    k = min(k, x.shape[-1])
+    flat = x.reshape(-1, x.shape[-1])  # sampling.top_k: exact, and cheaper than lax.top_k on a vocabulary
+    top = sampling.top_k(flat, k)[0].reshape(x.shape[:-1] + (k,))
     return shift + log_z - jnp.mean(top, axis=-1)
 
 

@@ -85,3 +85,25 @@ def decode_step(params: dict, config: ModelConfig, cache: KVCache, token: Array)
     """token: [B] int32 -> (next-token logits [B, V] f32, cache with the token appended)."""
     hidden, cache = extend(params, config, cache, token[:, None])
     return logits(params, config, hidden[:, 0]), cache
+
+
+def repeat_rows(cache: KVCache, n: int) -> KVCache:
+    """Each row n times, in order (row b becomes rows b * n .. b * n + n - 1): n continuations of one
+    prompt share its prefill."""
+    return KVCache(
+        keys=jnp.repeat(cache.keys, n, axis=1),
+        values=jnp.repeat(cache.values, n, axis=1),
+        valid=jnp.repeat(cache.valid, n, axis=0),
+        end=cache.end,
+    )
+
+
+def gather_rows(cache: KVCache, index: Array) -> KVCache:
+    """Rows picked by index: [B'] int32 (row i of the result is row index[i]); CaT reorders and
+    repeats the surviving paths' rows this way, on device."""
+    return KVCache(
+        keys=jnp.take(cache.keys, index, axis=1),
+        values=jnp.take(cache.values, index, axis=1),
+        valid=jnp.take(cache.valid, index, axis=0),
+        end=cache.end,
+    )

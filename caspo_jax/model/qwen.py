@@ -23,7 +23,7 @@ import numpy as np
 from caspo_jax.config import ModelConfig
 
 Array = jax.Array
-LayerCache = tuple[Array, Array]  # keys, values: [B, S, K, H] each (per layer inside the scan)
+Cache = tuple[Array, Array]  # keys, values: [L, B, S, K, H] each
 
 _init = nn.initializers.normal(stddev=0.02)
 
@@ -86,9 +86,12 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: Array, positions: Array, mask: Array, cache: LayerCache | None, write_index: Array | None
-    ) -> tuple[Array, LayerCache | None]:
-        """x: [B, T, D]; positions: [B, T]; mask: [B, T, S] bool -> ([B, T, D], updated cache)."""
+        self, x: Array, positions: Array, mask: Array, cache: Cache | None, layer: Array, write_index: Array | None
+    ) -> tuple[Array, Cache | None]:
+        """x: [B, T, D]; positions: [B, T]; mask: [B, T, S] bool -> ([B, T, D], updated cache).
+
+        cache: every layer's (keys, values), [L, B, S, K, H] each; this layer's new keys and values are
+        written in place at [layer, :, write_index:write_index + T] (only T slots move per call)."""
         c = self.config
         dtype, pdtype = _dtype(c.dtype), _dtype(c.param_dtype)
 
@@ -110,10 +113,12 @@ class Attention(nn.Module):
 
         if cache is not None:
             cache_k, cache_v = cache
-            start = (0, write_index, 0, 0)
-            k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start)
-            v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
-            cache = (k, v)
+            start = (layer, 0, write_index, 0, 0)
+            cache_k = jax.lax.dynamic_update_slice(cache_k, k[None].astype(cache_k.dtype), start)
+            cache_v = jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype), start)
+            cache = (cache_k, cache_v)
+            k = jax.lax.dynamic_index_in_dim(cache_k, layer, keepdims=False)
+            v = jax.lax.dynamic_index_in_dim(cache_v, layer, keepdims=False)
         out = jax.nn.dot_product_attention(q, k.astype(dtype), v.astype(dtype), mask=mask[:, None])
         out = nn.DenseGeneral(
             c.hidden_size, axis=(-2, -1), use_bias=c.o_bias, dtype=dtype, param_dtype=pdtype, name="o_proj",
@@ -144,21 +149,25 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """One pre-norm decoder layer, written as a scan body: (x, per-layer cache) -> (x, new cache)."""
+    """One pre-norm decoder layer, written as a scan body: ((x, cache), layer) -> ((x, cache), None).
+
+    The whole cache rides in the carry and each layer updates its own slots in place: scanning the
+    cache as input and output instead would copy all of it on every decode step."""
 
     config: ModelConfig
 
     @nn.compact
     def __call__(
-        self, x: Array, cache: LayerCache | None, positions: Array, mask: Array, write_index: Array | None
-    ) -> tuple[Array, LayerCache | None]:
+        self, carry: tuple[Array, Cache | None], layer: Array, positions: Array, mask: Array, write_index: Array | None
+    ) -> tuple[tuple[Array, Cache | None], None]:
+        x, cache = carry
         c = self.config
         dtype, pdtype = _dtype(c.dtype), _dtype(c.param_dtype)
         h = RMSNorm(c.rms_norm_eps, "embed", dtype, pdtype, name="input_norm")(x)
-        h, cache = Attention(c, name="attn")(h, positions, mask, cache, write_index)
+        h, cache = Attention(c, name="attn")(h, positions, mask, cache, layer, write_index)
         x = x + h
         h = RMSNorm(c.rms_norm_eps, "embed", dtype, pdtype, name="post_attn_norm")(x)
-        return x + MLP(c, name="mlp")(h), cache
+        return (x + MLP(c, name="mlp")(h), cache), None
 
 
 class Transformer(nn.Module):
@@ -192,9 +201,9 @@ class Transformer(nn.Module):
         tokens: Array,
         positions: Array,
         mask: Array,
-        cache: LayerCache | None = None,
+        cache: Cache | None = None,
         write_index: Array | None = None,
-    ) -> tuple[Array, LayerCache | None]:
+    ) -> tuple[Array, Cache | None]:
         """tokens, positions: [B, T] int32; mask: [B, T, S] bool (S = T without a cache).
 
         cache: (keys, values), each [L, B, S, K, H]; the T new keys/values are written at slots
@@ -202,7 +211,8 @@ class Transformer(nn.Module):
         norm, updated cache or None). Apply `logits` to the positions you need.
         """
         x = self.embed(tokens)
-        x, cache = self.layers(x, cache, positions, mask, write_index)
+        layers = jnp.arange(self.config.num_layers, dtype=jnp.int32)
+        (x, cache), _ = self.layers((x, cache), layers, positions, mask, write_index)
         return self.final_norm(x), cache
 
     def logits(self, hidden: Array) -> Array:
@@ -265,3 +275,12 @@ def forward(params: dict, config: ModelConfig, tokens: Array, attention_mask: Ar
         {"params": params}, tokens, positions_from_mask(attention_mask), causal_mask(attention_mask)
     )
     return model.apply({"params": params}, hidden, method=Transformer.logits)
+
+
+def untie_head(params: dict, config: ModelConfig) -> tuple[dict, ModelConfig]:
+    """For loops that apply the LM head many times (decoding): a tied head becomes an explicit
+    [D, V] `lm_head`, transposed once here instead of on every call. Untied models pass through."""
+    if not config.tie_word_embeddings:
+        return params, config
+    head = params["embed"]["embedding"].T
+    return {**params, "lm_head": head}, config.replace(tie_word_embeddings=False)

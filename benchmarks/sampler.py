@@ -1,0 +1,116 @@
+"""Sampler throughput: our jitted KV-cache decode against transformers' `generate` on torch CPU.
+
+One run, one HF model folder, one batch: 8 prompts x 32 tokens, 128 new tokens, EOS disabled on both
+sides so every row generates all 128. Measured: tokens/s greedy, and sampling with scores
+(temperature 0.7, top-p 0.95; transformers with output_scores=True, return_dict_in_generate=True; ours
+returns log-probs and confidence signals), and the cost of our confidence signals (greedy with
+signals against greedy with log-probs only). Times are medians after a warm-up; compile time is
+reported apart.
+
+    python benchmarks/sampler.py [--model DIR] [--repeats 3]
+
+Prints one JSON line with `speedup_vs_transformers` {greedy, sampling} and `confidence_overhead`.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402
+
+BATCH, PROMPT_TOKENS, NEW_TOKENS = 8, 32, 128
+TEMPERATURE, TOP_P = 0.7, 0.95
+
+
+def main() -> None:
+    args = common.parser(__doc__.splitlines()[0]).parse_args()
+    model_dir = args.model or common.default_model_dir()
+    load_before = os.getloadavg()[0]  # other work on the machine skews both sides, torch's the most
+
+    import jax
+    import numpy as np
+    import torch
+    import transformers
+
+    from caspo_jax.infer.sampler import Sampler, SamplingConfig
+    from caspo_jax.model import hf
+
+    config, params = hf.load(model_dir)
+    prompts = np.random.RandomState(0).randint(3, config.vocab_size, (BATCH, PROMPT_TOKENS))
+    sampler = Sampler(config, params, eos_token_ids=())
+    greedy = SamplingConfig(max_new_tokens=NEW_TOKENS, step_delimiter=None)
+    sampled = SamplingConfig(max_new_tokens=NEW_TOKENS, temperature=TEMPERATURE, top_p=TOP_P, step_delimiter=None)
+    bare = SamplingConfig(max_new_tokens=NEW_TOKENS, step_delimiter=None, signals=False)
+
+    def ours(sampling: SamplingConfig):
+        def run():
+            out = sampler.generate(prompts.tolist(), sampling)
+            assert (out.lengths == NEW_TOKENS).all()
+        return run
+
+    def first_call_seconds(run) -> float:
+        start = time.perf_counter()
+        run()
+        return time.perf_counter() - start
+
+    compile_s = {name: first_call_seconds(ours(s)) for name, s in (("greedy", greedy), ("sampling", sampled))}
+    first_call_seconds(ours(bare))
+    times = {
+        "ours_greedy": common.median_seconds(ours(greedy), args.repeats),
+        "ours_greedy_no_signals": common.median_seconds(ours(bare), args.repeats),
+        "ours_sampling": common.median_seconds(ours(sampled), args.repeats),
+    }
+    # The overhead is a few percent of a run: measure it in back-to-back pairs, which a busy machine
+    # slows alike, and take the median ratio.
+    ratios = [
+        common.median_seconds(ours(greedy), 1, warmup=0) / common.median_seconds(ours(bare), 1, warmup=0)
+        for _ in range(max(args.repeats, 7))
+    ]
+    for name in compile_s:  # first call minus a steady-state call: tracing and XLA compilation
+        compile_s[name] = round(compile_s[name] - times[f"ours_{name}"], 3)
+
+    torch_model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    no_eos = dict(eos_token_id=None, pad_token_id=config.pad_token_id or 0)
+    ids = torch.as_tensor(prompts)
+
+    def theirs(**kwargs):
+        def run():
+            with torch.no_grad():
+                out = torch_model.generate(
+                    input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS, **no_eos, **kwargs
+                )
+            sequences = out.sequences if hasattr(out, "sequences") else out
+            assert sequences.shape[1] == PROMPT_TOKENS + NEW_TOKENS
+        return run
+
+    times["transformers_greedy"] = common.median_seconds(theirs(do_sample=False), args.repeats)
+    times["transformers_sampling"] = common.median_seconds(
+        theirs(do_sample=True, temperature=TEMPERATURE, top_p=TOP_P, output_scores=True, return_dict_in_generate=True),
+        args.repeats,
+    )
+    tokens_per_s = {name: BATCH * NEW_TOKENS / t for name, t in times.items()}
+    common.emit({
+        "benchmark": "sampler",
+        "model": str(model_dir),
+        "device": jax.devices()[0].device_kind,
+        "torch_threads": torch.get_num_threads(),
+        "batch": BATCH, "prompt_tokens": PROMPT_TOKENS, "new_tokens": NEW_TOKENS,
+        "sampling": {"temperature": TEMPERATURE, "top_p": TOP_P},
+        "tokens_per_s": {k: round(v, 1) for k, v in tokens_per_s.items()},
+        "speedup_vs_transformers": {
+            "greedy": round(tokens_per_s["ours_greedy"] / tokens_per_s["transformers_greedy"], 2),
+            "sampling": round(tokens_per_s["ours_sampling"] / tokens_per_s["transformers_sampling"], 2),
+        },
+        "confidence_overhead": round(statistics.median(ratios) - 1, 4),
+        "compile_s": compile_s,
+        "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+    })
+
+
+if __name__ == "__main__":
+    main()
