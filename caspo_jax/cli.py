@@ -11,6 +11,7 @@ import sys
 from typing import Callable
 
 from caspo_jax.commands import model_tools
+from caspo_jax.commands import train as train_commands
 from caspo_jax.commands import sample as sample_command
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
@@ -18,6 +19,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "convert": ("HF folder -> our params -> HF folder", *model_tools.CONVERT),
     "inspect": ("summarise an HF model folder", *model_tools.INSPECT),
     "sample": ("sample continuations of JSONL prompts with per-step confidence", *sample_command.SAMPLE),
+    "dpo": ("DPO/CASPO preference training of an HF model on pair records", *train_commands.DPO),
+    "sft": ("supervised (NLL) fine-tuning on the same engine", *train_commands.SFT),
 }
 
 

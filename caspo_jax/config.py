@@ -92,6 +92,115 @@ class MeshConfig:
     tensor: int = 1
 
 
+TRAIN_MODES = ("dpo", "sft")
+TRUNCATION = ("left", "error")
+SCHEDULES = ("linear", "cosine", "constant")
+REFERENCES = ("precomputed", "live")
+DPO_LOSSES = ("sigmoid", "robust", "ipo", "hinge")  # caspo_jax.train.losses
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Pair (or SFT) records -> tokens. Lengths count prompt + one completion, as TRL's max_length does."""
+
+    max_length: int = 1024
+    # Too long: 'left' drops the prompt's oldest tokens (and cuts a completion over max_length - 1 from the
+    # right), counting both; 'error' raises naming the record.
+    truncation: str = "left"
+    chat_template: bool = False  # wrap each prompt in the tokenizer's chat template
+    add_eos: bool = False  # append EOS to completions: yes for whole responses, no for CASPO steps
+    shuffle: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.truncation not in TRUNCATION:
+            raise ValueError(f"data.truncation: expected one of {TRUNCATION}, got {self.truncation!r}")
+        if self.max_length < 2:
+            raise ValueError(f"data.max_length must be >= 2, got {self.max_length}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DPOConfig:
+    """The preference loss (see caspo_jax.train.losses for the formulas and TRL's names)."""
+
+    beta: float = 0.1
+    loss_type: str = "sigmoid"  # 'sigmoid' | 'robust' | 'ipo' | 'hinge'
+    label_smoothing: float = 0.0  # cDPO (sigmoid) or robust DPO flip rate
+    rpo_alpha: float = 1.0  # weight of the chosen side's mean token NLL (RPO); 0 = plain DPO
+    length_normalize: bool | None = None  # None: TRL's choice (only 'ipo' averages over tokens)
+    reference: str = "precomputed"  # 'precomputed' once per dataset, or 'live' (a frozen copy in the step)
+
+    def __post_init__(self) -> None:
+        if self.reference not in REFERENCES:
+            raise ValueError(f"dpo.reference: expected one of {REFERENCES}, got {self.reference!r}")
+        if self.loss_type not in DPO_LOSSES:
+            raise ValueError(f"dpo.loss_type: expected one of {DPO_LOSSES}, got {self.loss_type!r}")
+        if not self.beta > 0 or self.rpo_alpha < 0 or not 0 <= self.label_smoothing < 0.5:
+            raise ValueError(
+                f"dpo: expected beta > 0, rpo_alpha >= 0, 0 <= label_smoothing < 0.5; got beta={self.beta}, "
+                f"rpo_alpha={self.rpo_alpha}, label_smoothing={self.label_smoothing}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warmup, then linear, cosine or constant decay, and global-norm clipping."""
+
+    learning_rate: float = 1e-6
+    schedule: str = "linear"  # after warmup: 'linear' or 'cosine' to 0 at the last step, or 'constant'
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0  # 0 disables clipping
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"optim.schedule: expected one of {SCHEDULES}, got {self.schedule!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One DPO or SFT run: `caspo-jax dpo|sft` read this from YAML plus dotted overrides."""
+
+    mode: str = "dpo"  # 'dpo' (pairs) or 'sft' (NLL of the chosen/completion text)
+    batch_size: int = 8  # pairs (or sequences) per optimizer step, over all devices
+    grad_accum: int = 1  # micro-batches per step; batch_size must be a multiple
+    epochs: int = 1
+    max_steps: int | None = None  # overrides epochs when set
+    param_dtype: str = "float32"
+    compute_dtype: str = "float32"  # 'bfloat16' computes in bf16; logits and losses stay fp32
+    remat: bool = False  # recompute each layer in the backward pass (less memory, more time)
+    logits_chunk: int = 64  # completion positions per row per LM-head chunk: memory B * chunk * V * 4 bytes
+    log_every: int = 10
+    save_every: int = 500
+    keep_checkpoints: int = 3
+    mesh: MeshConfig = MeshConfig()
+    data: DataConfig = DataConfig()
+    dpo: DPOConfig = DPOConfig()
+    optim: OptimConfig = OptimConfig()
+
+    def __post_init__(self) -> None:
+        if self.mode not in TRAIN_MODES:
+            raise ValueError(f"mode: expected one of {TRAIN_MODES}, got {self.mode!r}")
+        for field in ("param_dtype", "compute_dtype"):
+            if getattr(self, field) not in DTYPES:
+                raise ValueError(f"{field}: expected one of {DTYPES}, got {getattr(self, field)!r}")
+        if self.batch_size < 1 or self.grad_accum < 1 or self.batch_size % self.grad_accum:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a positive multiple of grad_accum ({self.grad_accum})"
+            )
+        for field in ("epochs", "logits_chunk", "log_every", "save_every", "keep_checkpoints"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 # ----------------------------------------------------------------------------------------------------
 # YAML and dotted overrides
 

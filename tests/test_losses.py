@@ -49,8 +49,9 @@ def test_ipo_averages_log_probs_over_tokens():
     out = L.dpo_loss(pi_c, pi_r, ref_c, ref_r, beta=0.5, loss_type="ipo", chosen_tokens=n_c, rejected_tokens=n_r)
     expected = reference_loss(pi_c / n_c, pi_r / n_r, ref_c / n_c, ref_r / n_r, 0.5, "ipo")
     np.testing.assert_allclose(out.losses, expected, rtol=1e-5)
-    np.testing.assert_allclose(out.chosen_logps, pi_c / n_c, rtol=1e-6)
-    np.testing.assert_allclose(out.chosen_rewards, 0.5 * (pi_c - ref_c) / n_c, rtol=1e-5)
+    # rewards and logged log-probs stay summed over tokens, as TRL 1.16 logs them
+    np.testing.assert_allclose(out.chosen_logps, pi_c, rtol=1e-6)
+    np.testing.assert_allclose(out.chosen_rewards, 0.5 * (pi_c - ref_c), rtol=1e-5)
     raw = L.dpo_loss(pi_c, pi_r, ref_c, ref_r, beta=0.5, loss_type="ipo", length_normalize=False)
     np.testing.assert_allclose(raw.losses, reference_loss(pi_c, pi_r, ref_c, ref_r, 0.5, "ipo"), rtol=1e-5)
     normalised_sigmoid = L.dpo_loss(

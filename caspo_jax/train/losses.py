@@ -10,8 +10,8 @@ rejected completion under the policy / the reference) and z = r_c - r_r, per pai
   ipo      (z - 1 / (2 beta))^2, on log-probs averaged over tokens   (Azar et al. 2023)
   hinge    max(0, 1 - beta z)   (SLiC / RSO)
 These are TRL's `dpo_loss` formulas, including TRL's choice that 'ipo' length-normalises every log-prob
-(policy and reference) by its completion's token count. Implicit rewards are beta * r_c and beta * r_r,
-from the same (possibly normalised) log-probs the loss used, as in TRL.
+(policy and reference) by its completion's token count inside the loss. Implicit rewards (beta * r_c,
+beta * r_r) and the logged log-probs use the summed log-probs whatever the loss, as TRL 1.16 logs them.
 
 RPO (Pang et al. 2024) adds rpo_alpha * nll with nll = -pi_c / n_c, the chosen completion's mean
 per-token negative log-likelihood (un-normalised pi_c, completion tokens only). TRL takes one token
@@ -35,7 +35,7 @@ class DPOOutput(NamedTuple):
     losses: jax.Array  # preference loss + rpo_alpha * nll
     chosen_rewards: jax.Array  # beta * (pi_c - ref_c)
     rejected_rewards: jax.Array  # beta * (pi_r - ref_r)
-    chosen_logps: jax.Array  # pi_c as the loss used it (token-averaged when length-normalised)
+    chosen_logps: jax.Array  # pi_c, summed over tokens (also when the loss length-normalises)
     rejected_logps: jax.Array
     nll: jax.Array | None  # -pi_c / n_c; None when chosen_tokens was not given
 
@@ -96,12 +96,13 @@ def dpo_loss(
     pi_c, pi_r, ref_c, ref_r = (x.astype(jnp.float32) for x in logps)
     n_c = None if chosen_tokens is None else jnp.maximum(chosen_tokens.astype(jnp.float32), 1.0)
     nll = None if n_c is None else -pi_c / n_c
+    chosen_ratio, rejected_ratio = pi_c - ref_c, pi_r - ref_r
     if normalise:
         n_r = jnp.maximum(rejected_tokens.astype(jnp.float32), 1.0)
-        pi_c, ref_c, pi_r, ref_r = pi_c / n_c, ref_c / n_c, pi_r / n_r, ref_r / n_r
-
-    chosen_ratio, rejected_ratio = pi_c - ref_c, pi_r - ref_r
-    losses = _preference_loss(chosen_ratio - rejected_ratio, beta, loss_type, label_smoothing)
+        z = chosen_ratio / n_c - rejected_ratio / n_r
+    else:
+        z = chosen_ratio - rejected_ratio
+    losses = _preference_loss(z, beta, loss_type, label_smoothing)
     if rpo_alpha > 0:
         losses = losses + rpo_alpha * nll
     return DPOOutput(
