@@ -10,8 +10,10 @@ import argparse
 import sys
 from typing import Callable
 
-from caspo_jax.commands import model_tools
+from caspo_jax.commands import caspo as caspo_commands
+from caspo_jax.commands import evaluate, model_tools
 from caspo_jax.commands import train as train_commands
+from caspo_jax.commands import cat as cat_command
 from caspo_jax.commands import sample as sample_command
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
@@ -21,6 +23,10 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "sample": ("sample continuations of JSONL prompts with per-step confidence", *sample_command.SAMPLE),
     "dpo": ("DPO/CASPO preference training of an HF model on pair records", *train_commands.DPO),
     "sft": ("supervised (NLL) fine-tuning on the same engine", *train_commands.SFT),
+    "eval": ("decode benchmark problems, grade them, report accuracy, calibration and cost", *evaluate.COMMAND),
+    "cat": ("CaT confidence-aware tree search on one prompt; prints the tree", *cat_command.COMMAND),
+    "caspo": ("CASPO: rounds of sample, confidence, labels, step pairs and DPO, with evaluation", *caspo_commands.CASPO),
+    "annotate": ("confidence and step labels for existing solutions -> the step-wise dataset", *caspo_commands.ANNOTATE),
 }
 
 

@@ -277,3 +277,143 @@ def load_yaml(path: str | Path, overrides: list[str] = ()) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return apply_overrides(data, list(overrides))
+
+
+EVAL_METHODS = ("greedy", "sc", "cat", "deepconf")
+CAT_ANSWERS = ("vote", "best")
+
+
+@dataclasses.dataclass(frozen=True)
+class CaTConfig:
+    """CaT step-level search (caspo_jax.infer.cat). Knobs the paper leaves open are marked (open)."""
+
+    width: int = 2  # W: live paths kept per round (open)
+    branch: int = 3  # B: sampled next steps per live path per round (open)
+    budget: int = 10  # K: paths started per question, pruned ones included (paper: 10)
+    tau: float = 0.5  # paths whose confidence falls below tau are pruned (open)
+    path_aggregation: str = "mean"  # 'mean' | 'min' | 'product' of step confidences
+    answer: str = "vote"  # 'vote': confidence-weighted vote over finished paths | 'best': best path
+    max_steps: int = 16  # rounds (steps per path)
+    step_tokens: int = 128  # most tokens of one step
+    max_tokens: int = 0  # token budget per question over all paths (0: none)
+    # DeepConf-online (Fu et al. 2025), for method 'deepconf': warm-up traces, window, percentile.
+    warmup: int = 4
+    window: int = 64
+    percentile: float = 10.0
+
+    def __post_init__(self) -> None:
+        if min(self.width, self.branch, self.budget, self.max_steps, self.step_tokens, self.warmup, self.window) < 1:
+            raise ValueError("cat: width, branch, budget, max_steps, step_tokens, warmup and window must be >= 1")
+        if self.path_aggregation not in ("mean", "min", "product"):
+            raise ValueError(f"cat.path_aggregation: expected mean, min or product, got {self.path_aggregation!r}")
+        if self.answer not in CAT_ANSWERS:
+            raise ValueError(f"cat.answer: expected one of {CAT_ANSWERS}, got {self.answer!r}")
+        if self.max_tokens < 0 or not 0 <= self.percentile <= 100:
+            raise ValueError("cat: max_tokens must be >= 0 and percentile in [0, 100]")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """How `caspo-jax eval` decodes and scores (every method scores traces the same way)."""
+
+    method: str = "greedy"  # 'greedy' | 'sc' (self-consistency) | 'cat' | 'deepconf'
+    k: int = 8  # samples per question for sampled methods
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_new_tokens: int = 512
+    batch_size: int = 8  # questions per generate call
+    seed: int = 0
+    chat: bool | None = None  # None: the chat template when the tokenizer has one
+    step_splitter: str = "blank_line"  # see caspo_jax.caspo.steps
+    signal: str = "entropy_conf"  # token confidence: entropy_conf | max_prob | topk_conf
+    cat: CaTConfig = CaTConfig()  # methods 'cat' and 'deepconf' (k is their path budget)
+
+    def __post_init__(self) -> None:
+        if self.method not in EVAL_METHODS:
+            raise ValueError(f"method: expected one of {EVAL_METHODS}, got {self.method!r}")
+        if self.k < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
+            raise ValueError("k, batch_size and max_new_tokens must be >= 1")
+        if self.signal not in ("entropy_conf", "max_prob", "topk_conf"):
+            raise ValueError(f"signal: expected entropy_conf, max_prob or topk_conf, got {self.signal!r}")
+
+
+LABELERS = ("verifier", "judge", "outcome")
+
+
+@dataclasses.dataclass(frozen=True)
+class CaspoConfig:
+    """`caspo-jax caspo`: R rounds of sample -> annotate -> label -> pair -> DPO -> evaluate.
+
+    Every stage of a round writes once, atomically, under output_dir/round_{r}/; a rerun skips what
+    is finished. Defaults follow DESIGN.md where the paper is silent.
+    """
+
+    output_dir: str = "runs/caspo"  # everything goes here
+    # The starting policy (HF folder with tokenizer). None: the arith world's tiny model, built in
+    # process (random Qwen3 + char tokenizer) and warmed up by `warmup_sft_steps` of SFT.
+    model: str | None = None
+    rounds: int = 2  # R; the paper's gains plateau after round 2
+    seed: int = 0
+    # Training questions (each needs a reference answer): 'arith' (the demo world), a benchmark name
+    # of caspo_jax.data.sources (with data_path a local file/folder), or 'jsonl' (data_path + fields).
+    data: str = "arith"
+    data_path: str | None = None
+    data_split: str | None = None  # benchmark split (default: the benchmark's own)
+    question_field: str = "question"  # 'jsonl' only
+    answer_field: str = "answer"  # 'jsonl' only
+    num_train: int = 8  # training questions (arith: generated; else the first num_train after held-out)
+    num_heldout: int = 4  # held-out questions for each round's evaluation (taken first from the source)
+    arith_min_ops: int = 3
+    arith_max_ops: int = 3
+    warmup_sft_steps: int = 0  # tiny model only: SFT steps on arith solutions before round 1
+    # Sampling of solutions (N per question) and of siblings (M per candidate prefix, one step each).
+    samples_per_question: int = 8  # N
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    siblings: int = 4  # M
+    sibling_max_new_tokens: int = 128
+    # Confidence and steps.
+    signal: str = "entropy_conf"  # token confidence: entropy_conf | max_prob | topk_conf
+    step_aggregation: str = "mean"  # 'mean' | 'min' over a step's tokens
+    step_splitter: str = "blank_line"  # see caspo_jax.caspo.steps
+    # Pair thresholds: fixed (tau_low, tau_high) or, when both quantiles are set, quantiles of step
+    # confidence over clean-prefix steps of the round (recomputed every round).
+    tau_low: float = 0.5
+    tau_high: float = 0.8
+    low_quantile: float | None = None
+    high_quantile: float | None = None
+    # Labels: 'verifier' (arith world only), 'judge' (judge_model: an HF folder) or 'outcome'.
+    labeler: str = "verifier"
+    judge_model: str | None = None
+    judge_max_new_tokens: int = 64
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()  # how every evaluation decodes (held-out split and benchmarks)
+    # Benchmarks (caspo_jax.data.sources names) evaluated after every round besides the held-out split,
+    # read from eval_data_dir/<name> (None: the Hugging Face Hub); eval_limit questions each (None: all).
+    eval_benchmarks: tuple[str, ...] = ()
+    eval_data_dir: str | None = None
+    eval_limit: int | None = None
+    mesh: MeshConfig = MeshConfig()  # sampling and labelling mesh (training uses train.mesh)
+
+    def __post_init__(self) -> None:
+        if self.labeler not in LABELERS:
+            raise ValueError(f"labeler: expected one of {LABELERS}, got {self.labeler!r}")
+        if self.labeler == "judge" and not self.judge_model:
+            raise ValueError("labeler: 'judge' needs judge_model (an HF model folder)")
+        if self.labeler == "verifier" and self.data != "arith":
+            raise ValueError("labeler: 'verifier' checks arith steps only; use 'judge' or 'outcome' for other data")
+        if self.train.mode != "dpo":
+            raise ValueError(f"train.mode: CASPO trains with dpo, got {self.train.mode!r}")
+        for field in ("rounds", "samples_per_question", "siblings", "num_train", "max_new_tokens", "sibling_max_new_tokens"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
+        if (self.low_quantile is None) != (self.high_quantile is None):
+            raise ValueError("low_quantile and high_quantile: set both (quantile thresholds) or neither (tau_low/tau_high)")
+        if self.data != "arith" and not self.data_path:
+            raise ValueError(f"data: {self.data!r} needs data_path (a local file or folder)")
+        if self.step_aggregation not in ("mean", "min"):
+            raise ValueError(f"step_aggregation: expected 'mean' or 'min', got {self.step_aggregation!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
