@@ -1,0 +1,313 @@
+"""CaT (Confidence-aware Thought): a step-level tree search whose pruning and ranking run on device.
+
+Each question owns R = W * B slots (rows of one shared KV cache; questions are batched, rows
+question-major). A round extends every live slot by one step with one jitted `decoding.decode`
+(until_step_end) from the cache and logits the previous round left, so shared prefixes are never
+prefilled again. The same call scores the step: step confidence is the mean token confidence over
+the step's tokens, path confidence folds it in (`confidence.path_update`: running mean, min or
+product). Then, still on device (`_select`): paths that ended with EOS are finished, paths below tau
+are pruned, the top W remaining paths survive (`lax.top_k`) and each is repeated B times into the
+next round's slots: the cache rows, logits, path state and ids are gathered with one index array.
+The first child of a survivor continues its path, the others start new paths, and no more than
+budget (K) paths per question are ever started; an optional token budget stops a question before a
+round could exceed it. The host reads one scalar per round (is any slot live?) and the round
+records once at the end, from which it builds each question's tree and its answer: a
+confidence-weighted vote over finished paths, or the best one.
+
+    result = search(sampler, [prompt_ids], CaTConfig(width=2, branch=3, budget=10), temperature=0.7)[0]
+    result.answer, [(p.status, p.confidence, p.steps) for p in result.paths]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import NamedTuple, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from caspo_jax.config import CaTConfig, ModelConfig
+from caspo_jax.data import grading
+from caspo_jax.eval import metrics
+from caspo_jax.infer import confidence, decoding
+from caspo_jax.infer import stops as stops_lib
+from caspo_jax.infer.sampler import Sampler, SamplingConfig, _to_host
+from caspo_jax.model import cache as kv
+from caspo_jax.parallel import mesh as mesh_lib
+
+Array = jax.Array
+
+
+class SearchShape(NamedTuple):
+    """The static part of a search (shapes the compiled round)."""
+
+    width: int  # W
+    branch: int  # B
+    aggregation: str  # 'mean' | 'min' | 'product'
+    signal: str  # TokenSignals field used as token confidence
+    step_tokens: int  # N, tokens per round
+
+    @property
+    def slots(self) -> int:
+        return self.width * self.branch
+
+
+@flax.struct.dataclass
+class Slots:
+    """Search state per row (Q questions * R slots) and per question."""
+
+    live: Array  # [QR] bool: the slot extends a path this round
+    path: Array  # [QR] int32: the path the slot extends (numbered per question)
+    parent: Array  # [QR] int32: the path it branched from (== path when it continues one, -1: the root)
+    state: confidence.PathState  # [QR] running path confidence
+    started: Array  # [Q] int32 paths started
+    spent: Array  # [Q] int32 tokens generated
+    round: Array  # [] int32
+
+
+class Record(NamedTuple):
+    """What one round did, per row (kept on device until the search ends)."""
+
+    live: Array  # [QR] bool
+    path: Array  # [QR] int32
+    parent: Array  # [QR] int32
+    tokens: Array  # [QR, N] int32
+    lengths: Array  # [QR] int32
+    step_conf: Array  # [QR] f32
+    path_conf: Array  # [QR] f32 after this step
+    finished: Array  # [QR] bool: ended with EOS (and not pruned)
+    pruned: Array  # [QR] bool: path confidence fell below tau
+
+
+@flax.struct.dataclass
+class Limits:
+    tau: Array  # [] f32
+    budget: Array  # [] int32 paths per question
+    max_tokens: Array  # [] int32 tokens per question (0: none)
+
+
+def init_slots(questions: int, real: int, shape: SearchShape, budget: int) -> Slots:
+    """Round 0 (host arrays): the root of each of the `real` questions branches into min(B, K) paths."""
+    first = min(shape.branch, budget)
+    per_question = np.arange(shape.slots) < first
+    live = np.concatenate([per_question & (q < real) for q in range(questions)])
+    zeros = np.zeros(live.shape, np.int32)
+    return Slots(
+        live=live, path=np.tile(np.arange(shape.slots, dtype=np.int32), questions), parent=zeros - 1,
+        state=confidence.PathState(zeros.astype(np.float32), zeros), started=np.full((questions,), first, np.int32),
+        spent=np.zeros((questions,), np.int32), round=np.zeros((), np.int32),
+    )
+
+
+def _select(slots: Slots, record: Record, limits: Limits, shape: SearchShape) -> tuple[Slots, Array]:
+    """Survivors -> next round's slots. Returns (slots, src [QR] int32: the row each slot copies)."""
+    w, b, r = shape.width, shape.branch, shape.slots
+    q = slots.started.shape[0]
+    going = (slots.live & ~record.finished & ~record.pruned).reshape(q, r)
+    score = jnp.where(going, record.path_conf.reshape(q, r), -jnp.inf)
+    _, best = jax.lax.top_k(score, w)  # [Q, W] slot of each survivor, best first
+    ok = jnp.take_along_axis(going, best, axis=1)  # [Q, W]; valid survivors come first
+    survivors = jnp.sum(ok, axis=1, dtype=jnp.int32)  # [Q]
+    j, c = jnp.arange(r) // b, jnp.arange(r) % b  # survivor and child of each slot
+    rank = (c - 1)[None, :] * survivors[:, None] + j[None, :]  # new paths round-robin over survivors
+    new = (c >= 1)[None, :] & ok[:, j] & (rank < (limits.budget - slots.started)[:, None])
+    live = ok[:, j] & ((c == 0)[None, :] | new)  # [Q, R]
+    spent = slots.spent + jnp.sum(jnp.where(record.live, record.lengths, 0).reshape(q, r), axis=1)
+    affordable = spent + jnp.sum(live, axis=1) * shape.step_tokens <= limits.max_tokens
+    live &= ((limits.max_tokens <= 0) | affordable)[:, None]
+    src = (jnp.arange(q)[:, None] * r + best[:, j]).reshape(-1)
+    parent_path = record.path[src]
+    path = jnp.where((c == 0)[None, :], parent_path.reshape(q, r), slots.started[:, None] + rank)
+    state = jax.tree.map(lambda x: x[src], slots.state)
+    started = slots.started + jnp.sum(live & (c >= 1)[None, :], axis=1, dtype=jnp.int32)
+    return Slots(live.reshape(-1), path.reshape(-1), parent_path, state, started, spent, slots.round + 1), src
+
+
+@functools.partial(
+    jax.jit, static_argnames=("model", "plan", "shape", "mesh"), donate_argnames=("cache", "logits")
+)
+def search_round(
+    params: dict, cache: kv.KVCache, logits: Array, slots: Slots, knobs: decoding.Knobs, limits: Limits,
+    table: stops_lib.StopTable, *, model: ModelConfig, plan: decoding.DecodePlan, shape: SearchShape,
+    mesh: Mesh | None = None,
+) -> tuple[kv.KVCache, Array, Slots, Record, Array]:
+    """One round for all rows: extend live slots by a step, score, prune, rank, branch.
+    logits: [QR, V]. Returns (cache, logits and slots for the next round, this round's record,
+    [] bool: any slot live next round)."""
+    eos = jax.nn.one_hot(knobs.eos[0], logits.shape[-1], dtype=bool)  # dead slots end at once
+    logits = jnp.where(slots.live[:, None] | (knobs.eos[0] < 0), logits, jnp.where(eos, 0.0, -jnp.inf))
+    seed = jax.random.bits(jax.random.fold_in(jax.random.key(knobs.seed), slots.round), dtype=jnp.uint32)
+    knobs = knobs.replace(seed=jax.lax.bitcast_convert_type(seed, jnp.int32))
+    out, cache, logits = decoding.decode(params, cache, logits, knobs, table, model=model, plan=plan, mesh=mesh)
+    in_step = jnp.arange(plan.max_new_tokens)[None, :] < out.lengths[:, None]
+    step_conf = confidence.span_mean(getattr(out.signals, shape.signal), in_step)
+    state = confidence.path_update(slots.state, step_conf, shape.aggregation, active=slots.live)
+    pruned = slots.live & (state.value < limits.tau)
+    finished = slots.live & ~pruned & (out.finish == decoding.FINISH_EOS)
+    record = Record(
+        slots.live, slots.path, slots.parent, out.tokens, out.lengths, step_conf, state.value, finished, pruned
+    )
+    nxt, src = _select(slots.replace(state=state), record, limits, shape)
+    cache = decoding._constrain_cache(kv.gather_rows(cache, src), mesh)
+    logits = decoding._constrain(logits[src], ("batch", "vocab"), mesh)
+    return cache, logits, nxt, record, jnp.any(nxt.live)
+
+
+@dataclasses.dataclass
+class Path:
+    """One root-to-leaf path of a question's tree (host side)."""
+
+    id: int
+    parent: int | None  # the path it branched from (None: from the root)
+    started: int  # round of its first own step
+    tokens: list[int]  # all its tokens, shared prefix included
+    steps: list[str]
+    step_confidence: list[float]
+    confidence: float
+    status: str  # 'finished' | 'pruned' | 'dropped' (not in the top W, or no token budget left) | 'unfinished' (out of rounds)
+    ended: int  # round of its last step
+    text: str = ""
+    answer: str | None = None
+    own_tokens: int = 0  # tokens generated for it (not shared with its parent)
+
+
+@dataclasses.dataclass
+class CaTResult:
+    """One question: the answer, the path that gives it, every path, tokens generated, wall seconds
+    (the batch's time divided by its questions) and rounds run."""
+
+    answer: str | None
+    chosen: int | None  # index into paths
+    paths: list[Path]
+    tokens: int
+    seconds: float
+    rounds: int
+
+
+def _tree(records: list[Record], row0: int, r: int, tokenizer) -> list[Path]:
+    """Host: the paths of the question whose rows are [row0, row0 + r)."""
+    paths: dict[int, Path] = {}
+    steps: dict[int, list[tuple[int, list[int], float]]] = {}
+    for n, rec in enumerate(records):
+        for row in range(row0, row0 + r):
+            if not rec.live[row]:
+                continue
+            pid, parent = int(rec.path[row]), int(rec.parent[row])
+            own = rec.tokens[row, : rec.lengths[row]].tolist()
+            if pid not in paths:
+                steps[pid] = [s for s in steps.get(parent, []) if s[0] < n]
+                paths[pid] = Path(pid, None if parent < 0 else parent, n, [], [], [], 0.0, "unfinished", n)
+            steps[pid].append((n, own, float(rec.step_conf[row])))
+            p = paths[pid]
+            p.confidence, p.ended, p.own_tokens = float(rec.path_conf[row]), n, p.own_tokens + len(own)
+            p.status = "finished" if rec.finished[row] else "pruned" if rec.pruned[row] else "dropped"
+    for pid, p in paths.items():
+        if p.status == "dropped" and p.ended == len(records) - 1:
+            p.status = "unfinished"
+        p.tokens = [t for _, own, _ in steps[pid] for t in own]
+        p.step_confidence = [c for _, _, c in steps[pid]]
+        p.steps = [tokenizer.decode(own, skip_special_tokens=True) for _, own, _ in steps[pid]]
+        p.text = tokenizer.decode(p.tokens, skip_special_tokens=True)
+        p.answer = grading.extract_answer(p.text)
+    return [paths[k] for k in sorted(paths)]
+
+
+def choose(paths: Sequence[Path], rule: str) -> int | None:
+    """The answering path: 'vote' (confidence-weighted, over finished paths; over unfinished ones if
+    none finished) or 'best' (the most confident of them)."""
+    pool = [i for i, p in enumerate(paths) if p.status == "finished"]
+    pool = pool or [i for i, p in enumerate(paths) if p.status == "unfinished"]
+    pool = [i for i in pool if paths[i].answer is not None] or pool
+    if not pool:
+        return None
+    if rule == "best":
+        return max(pool, key=lambda i: paths[i].confidence)
+    answers, weights = [paths[i].answer for i in pool], [paths[i].confidence for i in pool]
+    won = metrics.majority_vote(answers, grading.grade_answer, weights)
+    return None if won is None else pool[won]
+
+
+def _placement(mesh: Mesh | None):
+    """Explicit host -> device puts (no implicit transfer anywhere in a search): (split a [rows, ...]
+    array over the batch axes, replicate an array)."""
+    if mesh is None:
+        return jax.device_put, jax.device_put
+    return (
+        lambda x: jax.device_put(x, mesh_lib.batch_sharding(mesh, np.shape(x))),
+        lambda x: jax.device_put(x, mesh_lib.replicated(mesh)),
+    )
+
+
+def _fetch(x: Array) -> np.ndarray:
+    """An explicit device -> host read of the whole array (gathered across processes if needed)."""
+    return _to_host(x) if not x.is_fully_addressable else np.asarray(jax.device_get(x))
+
+
+def search(
+    sampler: Sampler, prompts: Sequence[Sequence[int]], cfg: CaTConfig, *, temperature: float = 0.7,
+    top_p: float = 1.0, step_delimiter: str = "\n\n", signal: str = "entropy_conf", seed: int = 0,
+) -> list[CaTResult]:
+    """CaT for a batch of prompts (token ids) -> one CaTResult per prompt."""
+    began = time.perf_counter()
+    shape = SearchShape(cfg.width, cfg.branch, cfg.path_aggregation, signal, cfg.step_tokens)
+    sampling = SamplingConfig(
+        max_new_tokens=cfg.step_tokens, temperature=temperature, top_p=top_p, step_delimiter=step_delimiter,
+        until_step_end=True,
+    )
+    r = shape.slots
+    tokens, mask = sampler._left_pad(prompts, cfg.max_steps * cfg.step_tokens, r)
+    rows = tokens.shape[0] * r
+    batch, whole = _placement(sampler.mesh)
+    cache, logits = decoding.prefill(
+        sampler.params, batch(tokens), batch(mask), model=sampler.model, num_samples=r,
+        cache_length=tokens.shape[1] + cfg.max_steps * cfg.step_tokens, mesh=sampler.mesh,
+    )
+    knobs = decoding.Knobs(
+        temperature=whole(np.float32(temperature or 1.0)), top_p=whole(np.float32(top_p)),
+        eos=whole(np.asarray(sampler.eos_token_ids or (-1,), np.int32)), pad=whole(np.int32(sampler.pad_token_id)),
+        seed=whole(np.int32(seed)), rows=batch(np.arange(rows, dtype=np.int32)),
+    )
+    limits = jax.tree.map(whole, Limits(np.float32(cfg.tau), np.int32(cfg.budget), np.int32(cfg.max_tokens)))
+    slots = init_slots(tokens.shape[0], len(prompts), shape, cfg.budget)
+    slots = jax.tree.map(lambda x: batch(x) if x.shape[:1] == (rows,) else whole(x), slots)
+    table = sampler.table(sampling.strings)
+    records = []
+    for _ in range(cfg.max_steps):
+        cache, logits, slots, record, any_live = search_round(
+            sampler.params, cache, logits, slots, knobs, limits, table,
+            model=sampler.model, plan=sampling.plan(), shape=shape, mesh=sampler.mesh,
+        )
+        records.append(record)
+        if not _fetch(any_live):  # the one read per round
+            break
+    records = [Record(*(_fetch(x) for x in rec)) for rec in records]
+    seconds = (time.perf_counter() - began) / len(prompts)
+    results = []
+    for q in range(len(prompts)):
+        paths = _tree(records, q * r, r, sampler.tokenizer)
+        chosen = choose(paths, cfg.answer)
+        answer = None if chosen is None else paths[chosen].answer
+        spent = sum(p.own_tokens for p in paths)
+        results.append(CaTResult(answer, chosen, paths, spent, seconds, len(records)))
+    return results
+
+
+def render(result: CaTResult) -> str:
+    """The tree as indented text: one line per step, with its confidence, then the answer."""
+    lines = []
+    for p in result.paths:
+        mark = " <- answer" if result.chosen is not None and result.paths[result.chosen] is p else ""
+        origin = "root" if p.parent is None else f"path {p.parent}"
+        lines.append(f"path {p.id} (from {origin} at round {p.started}): {p.status} at round {p.ended}, "
+                     f"confidence {p.confidence:.3f}, answer {p.answer!r}{mark}")
+        for n, (text, conf) in enumerate(zip(p.steps, p.step_confidence)):
+            shared = "= " if n < p.started else "  "  # '=': the step it shares with the path it branched from
+            lines.append(f"  {shared}[{conf:.3f}] {text.strip()!r}")
+    lines.append(f"answer: {result.answer!r}  tokens: {result.tokens}  rounds: {result.rounds}  "
+                 f"seconds: {result.seconds:.2f}")
+    return "\n".join(lines)
