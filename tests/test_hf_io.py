@@ -1,7 +1,6 @@
 """Checkpoint import/export: round trips, transformers reading our folders, bf16, bad input."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest

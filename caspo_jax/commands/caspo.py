@@ -12,11 +12,11 @@ solution's tokens by teacher forcing, labels its steps and writes the step-wise 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
 from caspo_jax.config import CaspoConfig, apply_overrides, from_dict, load_yaml
+from caspo_jax.data import jsonl
 
 
 def caspo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,17 +53,13 @@ def _read_solutions(path: Path) -> list[dict]:
     if not path.exists():
         raise FileNotFoundError(f"solutions file not found: {path}")
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+    for where, row in jsonl.records(path):
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: expected an object with question, answer, solution")
         for key in ("question", "answer", "solution"):
             if not isinstance(row.get(key), (str, int, float)) or not str(row[key]).strip():
-                raise ValueError(f"{path}:{number}: missing or empty field {key!r} (expected question, answer, solution)")
-        records.append({"question_id": str(row.get("id", number)), "question": row["question"],
+                raise ValueError(f"{where}: missing or empty field {key!r} (expected question, answer, solution)")
+        records.append({"question_id": str(row.get("id", where.rsplit(":", 1)[1])), "question": row["question"],
                         "reference": str(row["answer"]), "solution": row["solution"], "sample": row.get("sample", 0)})
     if not records:
         raise ValueError(f"{path}: no solutions")

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from caspo_jax.caspo import steps as steps_lib
 from caspo_jax.config import MeshConfig
+from caspo_jax.data import jsonl
 from caspo_jax.infer import decoding
 from caspo_jax.infer.sampler import Sampler, SampleOutput, SamplingConfig
 from caspo_jax.model import hf
@@ -57,19 +58,12 @@ def _unescape(text: str) -> str:
 def read_prompts(path: Path, field: str) -> list[str]:
     """The prompt texts of a JSONL file; errors name the file and line."""
     prompts = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get(field), str):
-                raise ValueError(f"{path}:{number}: expected an object with a string {field!r}")
-            if not record[field]:
-                raise ValueError(f"{path}:{number}: the prompt is empty")
-            prompts.append(record[field])
+    for where, record in jsonl.records(path):
+        if not isinstance(record, dict) or not isinstance(record.get(field), str):
+            raise ValueError(f"{where}: expected an object with a string {field!r}")
+        if not record[field]:
+            raise ValueError(f"{where}: the prompt is empty")
+        prompts.append(record[field])
     if not prompts:
         raise ValueError(f"{path}: no prompts")
     return prompts

@@ -9,10 +9,11 @@ the file and line (jsonl) or row (parquet, Dataset) and what was expected.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
+
+from caspo_jax.data import jsonl
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
 REF_FIELDS = ("ref_chosen_logps", "ref_rejected_logps")
@@ -58,24 +59,8 @@ def _rows(source: str | Path | Any) -> Iterable[tuple[str, Any]]:
             raise ValueError(f"{path}: not a readable parquet file ({e})") from None
         return ((f"{path} row {i}", row) for i, row in enumerate(table.to_pylist()))
     if path.suffix in (".jsonl", ".json"):
-        return _jsonl_rows(path)
+        return jsonl.records(path)
     raise ValueError(f"{path}: expected a .jsonl or .parquet file")
-
-
-def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    with path.open("rb") as f:
-        for number, raw in enumerate(f, start=1):
-            where = f"{path}:{number}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{where}: not valid UTF-8 (byte offset {e.start} in the line)") from None
-            if not line.strip():
-                continue
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg}, column {e.colno})") from None
 
 
 def _record(row: Any, where: str, pairs: bool) -> PairRecord:

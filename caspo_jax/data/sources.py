@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from caspo_jax.data.grading import last_boxed
+from caspo_jax.data import jsonl
 
 _ID_FIELDS = ("unique_id", "id", "idx", "ID", "qid")
 
@@ -169,23 +170,11 @@ def _read_records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             raise ValueError(f"{path}: expected a list of records or {{'examples': [...]}}")
         located = ((f"{path} record {i}", r) for i, r in enumerate(data))
     else:
-        located = _jsonl_lines(path)
+        located = jsonl.records(path)
     for location, record in located:
         if not isinstance(record, dict):
             raise ValueError(f"{location}: expected a JSON object, got {type(record).__name__}")
         yield location, record
-
-
-def _jsonl_lines(path: Path) -> Iterator[tuple[str, Any]]:
-    with path.open(encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_number}: not valid JSON ({e.msg})") from None
-            yield f"{path}:{line_number}", record
 
 
 def _resolve_file(path: Path, split: str, file_names: tuple[str, ...]) -> Path:

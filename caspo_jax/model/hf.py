@@ -22,7 +22,7 @@ import jax
 import ml_dtypes
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
+from jax.sharding import Mesh, SingleDeviceSharding
 
 from caspo_jax.config import DTYPES, ModelConfig
 from caspo_jax.model import qwen, tensor_files
