@@ -153,8 +153,8 @@ def search_round(
         slots.live, slots.path, slots.parent, out.tokens, out.lengths, step_conf, state.value, finished, pruned
     )
     nxt, src = _select(slots.replace(state=state), record, limits, shape)
-    cache = decoding._constrain_cache(kv.gather_rows(cache, src), mesh)
-    logits = decoding._constrain(logits[src], ("batch", "vocab"), mesh)
+    cache = decoding.constrain_cache(kv.gather_rows(cache, src), mesh)
+    logits = decoding.constrain(logits[src], ("batch", "vocab"), mesh)
     return cache, logits, nxt, record, jnp.any(nxt.live)
 
 
@@ -260,7 +260,7 @@ def search(
         until_step_end=True,
     )
     r = shape.slots
-    tokens, mask = sampler._left_pad(prompts, cfg.max_steps * cfg.step_tokens, r)
+    tokens, mask = sampler.left_pad(prompts, cfg.max_steps * cfg.step_tokens, r)
     rows = tokens.shape[0] * r
     batch, whole = _placement(sampler.mesh)
     cache, logits = decoding.prefill(

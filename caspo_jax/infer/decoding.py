@@ -77,18 +77,18 @@ class SampleOutput:
     overhang: Array  # [B] int32 characters of the last token's piece after that string's end
 
 
-def _constrain(x: Array, axes: tuple[str | None, ...], mesh: Mesh | None) -> Array:
+def constrain(x: Array, axes: tuple[str | None, ...], mesh: Mesh | None) -> Array:
     if mesh is None:
         return x
     spec = mesh_lib.logical_to_spec(axes, x.shape, mesh)
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
-def _constrain_cache(cache: kv.KVCache, mesh: Mesh | None) -> kv.KVCache:
+def constrain_cache(cache: kv.KVCache, mesh: Mesh | None) -> kv.KVCache:
     return cache.replace(
-        keys=_constrain(cache.keys, kv.KV_AXES, mesh),
-        values=_constrain(cache.values, kv.KV_AXES, mesh),
-        valid=_constrain(cache.valid, kv.VALID_AXES, mesh),
+        keys=constrain(cache.keys, kv.KV_AXES, mesh),
+        values=constrain(cache.values, kv.KV_AXES, mesh),
+        valid=constrain(cache.valid, kv.VALID_AXES, mesh),
     )
 
 
@@ -99,12 +99,12 @@ def prefill(
 ) -> tuple[kv.KVCache, Array]:
     """Runs left-padded prompts once. tokens, mask: [P, T] -> (cache with P * num_samples rows of
     cache_length slots, next-token logits [P * num_samples, V] f32)."""
-    cache = _constrain_cache(kv.init_cache(model, tokens.shape[0], cache_length), mesh)
+    cache = constrain_cache(kv.init_cache(model, tokens.shape[0], cache_length), mesh)
     hidden, cache = kv.extend(params, model, cache, tokens, mask)
     logits = kv.logits(params, model, hidden[:, -1])
     if num_samples > 1:
         cache, logits = kv.repeat_rows(cache, num_samples), jnp.repeat(logits, num_samples, axis=0)
-    return _constrain_cache(cache, mesh), _constrain(logits, ("batch", "vocab"), mesh)
+    return constrain_cache(cache, mesh), constrain(logits, ("batch", "vocab"), mesh)
 
 
 @flax.struct.dataclass
@@ -123,7 +123,7 @@ def _record(column: Array, value: Array, i: Array) -> Array:
 
 def _empty_output(b: int, plan: DecodePlan, mesh: Mesh | None) -> SampleOutput:
     def per_token(dtype) -> Array:
-        return _constrain(jnp.zeros((b, plan.max_new_tokens), dtype), ("batch", None), mesh)
+        return constrain(jnp.zeros((b, plan.max_new_tokens), dtype), ("batch", None), mesh)
 
     signals = None
     if plan.signals:
@@ -222,13 +222,13 @@ def decode(
         hidden, cache = kv.extend(params, model, c.cache, token[:, None], live[:, None])
         # Rows that have ended keep the logits after their last token, for a decode that goes on.
         logits = jnp.where(live[:, None], kv.logits(params, model, hidden[:, 0]), c.logits)
-        logits = _constrain(logits, ("batch", "vocab"), mesh)
+        logits = constrain(logits, ("batch", "vocab"), mesh)
         return _Carry(c.step + 1, cache, logits, recent, c.done | ended, out)
 
     def running(c: _Carry) -> Array:
         return (c.step < plan.max_new_tokens) & ~jnp.all(c.done)
 
-    recent = None if table is None else _constrain(stops_lib.start(table, b), ("batch", None), mesh)
+    recent = None if table is None else constrain(stops_lib.start(table, b), ("batch", None), mesh)
     start = _Carry(jnp.zeros((), jnp.int32), cache, logits, recent, jnp.zeros((b,), bool), _empty_output(b, plan, mesh))
     final = jax.lax.while_loop(running, next_token, start)
     return final.out, final.cache, final.logits

@@ -78,17 +78,17 @@ def _stopping_decode(
 ) -> SampleOutput:
     """n traces per prompt that stop once their windowed topk_conf falls below their prompt's threshold."""
     table = sampler.table(sampling.strings) if sampling.strings else None
-    tokens, mask = sampler._left_pad(prompts, sampling.max_new_tokens, n)
+    tokens, mask = sampler.left_pad(prompts, sampling.max_new_tokens, n)
     rows = tokens.shape[0] * n
     floor = np.repeat(np.pad(threshold, (0, tokens.shape[0] - len(prompts))), n).astype(np.float32)
     knobs = decoding.Knobs(
         temperature=np.float32(sampling.temperature or 1.0), top_p=np.float32(sampling.top_p),
-        eos=sampler._replicate(np.asarray(sampler.eos_token_ids or (-1,), np.int32)),
+        eos=sampler.replicate(np.asarray(sampler.eos_token_ids or (-1,), np.int32)),
         pad=np.int32(sampler.pad_token_id), seed=np.int32(seed),
-        rows=sampler._batch(np.arange(first_row, first_row + rows, dtype=np.int32)), floor=sampler._batch(floor),
+        rows=sampler.to_batch(np.arange(first_row, first_row + rows, dtype=np.int32)), floor=sampler.to_batch(floor),
     )
     cache, logits = decoding.prefill(
-        sampler.params, sampler._batch(tokens), sampler._batch(mask), model=sampler.model, num_samples=n,
+        sampler.params, sampler.to_batch(tokens), sampler.to_batch(mask), model=sampler.model, num_samples=n,
         cache_length=tokens.shape[1] + sampling.max_new_tokens, mesh=sampler.mesh,
     )
     plan = sampling.plan()._replace(signals=True, confidence_window=window)

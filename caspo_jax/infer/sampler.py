@@ -142,7 +142,7 @@ class Sampler:
     def table(self, strings: tuple[str, ...]) -> stops_lib.StopTable:
         """The device tables for finding `strings` in generated text (built once per tuple)."""
         if strings not in self._tables:
-            self._tables[strings] = jax.tree.map(self._replicate, stops_lib.build_table(self.pieces, strings))
+            self._tables[strings] = jax.tree.map(self.replicate, stops_lib.build_table(self.pieces, strings))
         return self._tables[strings]
 
     def generate(
@@ -161,18 +161,18 @@ class Sampler:
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         table = self.table(sampling.strings) if sampling.strings else None
-        tokens, mask = self._left_pad(prompts, sampling.max_new_tokens, num_samples)
+        tokens, mask = self.left_pad(prompts, sampling.max_new_tokens, num_samples)
         rows = tokens.shape[0] * num_samples
         knobs = decoding.Knobs(  # host scalars: the same on every process, replicated by jit
             temperature=np.float32(sampling.temperature or 1.0),
             top_p=np.float32(sampling.top_p),
-            eos=self._replicate(np.asarray(self.eos_token_ids or (-1,), np.int32)),
+            eos=self.replicate(np.asarray(self.eos_token_ids or (-1,), np.int32)),
             pad=np.int32(self.pad_token_id),
             seed=np.int32(seed),
-            rows=self._batch(np.arange(first_row, first_row + rows, dtype=np.int32)),
+            rows=self.to_batch(np.arange(first_row, first_row + rows, dtype=np.int32)),
         )
         cache, logits = decoding.prefill(
-            self.params, self._batch(tokens), self._batch(mask), model=self.model, num_samples=num_samples,
+            self.params, self.to_batch(tokens), self.to_batch(mask), model=self.model, num_samples=num_samples,
             cache_length=tokens.shape[1] + sampling.max_new_tokens, mesh=self.mesh,
         )
         out, _, _ = decoding.decode(
@@ -189,7 +189,7 @@ class Sampler:
             for row, n in zip(np.asarray(output.tokens), np.asarray(output.lengths))
         ]
 
-    def _left_pad(self, prompts: Sequence[Sequence[int]], new_tokens: int, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
+    def left_pad(self, prompts: Sequence[Sequence[int]], new_tokens: int, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
         """Checks the prompts and left-pads them to [P', T]: T a bucket multiple, P' a multiple that
         lets the P' * num_samples rows split over the batch axes (extra rows repeat prompt 0)."""
         prompts = [list(p) for p in prompts]
@@ -217,14 +217,14 @@ class Sampler:
             mask[i, width - len(p) :] = 1
         return tokens, mask
 
-    def _batch(self, x: np.ndarray) -> jax.Array:
+    def to_batch(self, x: np.ndarray) -> jax.Array:
         """A host array with the same value on every process -> split over the batch axes."""
         if self.mesh is None:
             return jnp.asarray(x)
         sharding = mesh_lib.batch_sharding(self.mesh, x.shape)
         return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
-    def _replicate(self, x) -> jax.Array:
+    def replicate(self, x) -> jax.Array:
         if self.mesh is None:
             return jnp.asarray(x)
         x = np.asarray(x)
