@@ -7,7 +7,9 @@ prefill) or from existing text scored by teacher forcing (`score_solutions`, for
 annotate`). `annotate` splits them into steps, aggregates step confidence, labels every step and
 returns both `pairs.Solution`s and the step-wise dataset's rows. `sample_siblings` samples M
 alternative next steps from each candidate's prefix (one prefill per prefix, each row stopped at
-its step's end) and scores and labels them, for `pairs.build_pairs`.
+its step's end) and scores and labels them, for `pairs.build_pairs`; `runner_up_steps` makes the
+runner-up branch (second most likely first token, then greedy) where a right-but-unsure step has no
+wrong sibling.
 """
 
 from __future__ import annotations
@@ -162,3 +164,40 @@ def sample_siblings(
     for (key, step), step_labels in zip(found, labels):
         siblings[key].append(pairs_lib.ScoredStep(step.text, step.confidence, bool(step_labels[-1]), step.ending))
     return siblings
+
+
+def runner_up_steps(
+    sampler: Sampler, candidates: Sequence[pairs_lib.Candidate], labeler: Labeler, questions: dict[str, Problem],
+    *, max_new_tokens: int, signal: str, splitter: str, aggregation: str,
+) -> dict[tuple[str, tuple[str, ...]], pairs_lib.ScoredStep]:
+    """prefix_key -> the runner-up branch of each correct-but-unsure candidate's prefix: the step
+    that starts with the second most likely next token and continues greedily to the step's end
+    (the ICLR version's rejected step), scored and labelled like any sibling."""
+    prefixes = {c.prefix_key: c for c in candidates if c.kind == pairs_lib.CORRECT_UNSURE}
+    if not prefixes:
+        return {}
+    keys = list(prefixes)
+    ids = tokenizer_lib.encode(sampler.tokenizer, [pairs_lib.prompt_with_prefix(prefixes[k], DELIMITER) for k in keys])
+    tokens, mask = sampler.left_pad(ids, 1, 1)
+    # Next-token distribution after each prefix: the LM head on the last position only.
+    model = qwen.Transformer(sampler.model)
+    hidden, _ = model.apply({"params": sampler.params}, jnp.asarray(tokens), qwen.positions_from_mask(jnp.asarray(mask)),
+                            qwen.causal_mask(jnp.asarray(mask)))
+    logits = model.apply({"params": sampler.params}, hidden[:, -1], method=qwen.Transformer.logits)[: len(keys)]
+    second = np.asarray(jax.lax.top_k(logits, 2)[1][:, 1])  # [P] the runner-up first token
+    first_conf = np.asarray(getattr(confidence.token_signals(logits), signal))
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0, step_delimiter=DELIMITER, until_step_end=True)
+    out = sampler.generate([p + [int(t)] for p, t in zip(ids, second)], sampling)
+    conf = np.asarray(getattr(out.signals, signal))
+    pieces, found = sampler.pieces, []
+    for row, key in enumerate(keys):
+        n = int(out.lengths[row])
+        step_ids = [int(second[row])] + out.tokens[row, :n].tolist()
+        text = "".join(pieces[t] for t in step_ids)
+        steps, _, step_conf = _scored_steps(text, step_ids, [first_conf[row], *conf[row, :n]], pieces, splitter, aggregation)
+        if steps:
+            ending = DELIMITER if text.rstrip(" ").endswith(DELIMITER) else ""
+            found.append((key, pairs_lib.ScoredStep(steps[0].text, float(step_conf[0]), False, ending)))
+    items = [LabelItem(questions[k[0]].question, questions[k[0]].answer, k[1] + (s.text,)) for k, s in found]
+    labels = labeler.label(items) if items else []
+    return {k: pairs_lib.ScoredStep(s.text, s.confidence, bool(lab[-1]), s.ending) for (k, s), lab in zip(found, labels)}

@@ -228,7 +228,7 @@ def run_round(
     if not (folder / "pairs.jsonl").exists():
         tau_low, tau_high = _thresholds(cfg, solutions)
         candidates = pairs_lib.find_candidates(solutions, tau_low, tau_high)
-        siblings = {}
+        siblings, runner_up = {}, {}
         if candidates:
             sampler = sampler or load_sampler(policy, mesh)
             siblings = annotate_lib.sample_siblings(
@@ -236,7 +236,12 @@ def run_round(
                 temperature=cfg.temperature, max_new_tokens=cfg.sibling_max_new_tokens, signal=cfg.signal,
                 splitter=cfg.step_splitter, aggregation=cfg.step_aggregation, seed=cfg.seed * 1000 + 500 + r,
             )
-        pairs, counts = pairs_lib.build_pairs(candidates, siblings, delimiter=annotate_lib.DELIMITER)
+            unmatched = [c for c in candidates if not any(not s.label for s in siblings.get(c.prefix_key, ()))]
+            runner_up = annotate_lib.runner_up_steps(
+                sampler, unmatched, labeler, {p.id: p for p in train_qs}, max_new_tokens=cfg.sibling_max_new_tokens,
+                signal=cfg.signal, splitter=cfg.step_splitter, aggregation=cfg.step_aggregation,
+            )
+        pairs, counts = pairs_lib.build_pairs(candidates, siblings, runner_up, delimiter=annotate_lib.DELIMITER)
         stats = {"tau_low": tau_low, "tau_high": tau_high, "candidates": len(candidates), "pairs": len(pairs), **counts}
         write_json(folder / "pairs_stats.json", stats)
         write_jsonl(folder / "pairs.jsonl", [dataclasses.asdict(p) for p in pairs])
