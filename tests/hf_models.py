@@ -52,6 +52,17 @@ def make_hf_model(variant: str, seed: int = 0) -> transformers.PreTrainedModel:
     return model
 
 
+def lively_model(variant: str) -> transformers.PreTrainedModel:
+    """A tiny random model with weights large enough that greedy text does not repeat one token."""
+    model = make_hf_model(variant)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.2)
+    return model
+
+
 def save_hf_model(variant: str, path: Path, seed: int = 0, dtype: torch.dtype = torch.float32) -> Path:
     model = make_hf_model(variant, seed).to(dtype)
     model.save_pretrained(path)

@@ -18,20 +18,10 @@ from caspo_jax.infer.sampler import Sampler, SamplingConfig
 from caspo_jax.model import hf
 from caspo_jax.model import tokenizer as tokenizer_lib
 from caspo_jax.parallel import mesh as mesh_lib
-from hf_models import VOCAB, make_hf_model, save_tokenizer, torch_logits
+from hf_models import VOCAB, lively_model, save_tokenizer, torch_logits
 
 SMALL = CaTConfig(width=2, branch=3, budget=7, tau=0.0, max_steps=4, step_tokens=8)
 X, Y, Z = 40, 41, 42  # Z: next token is X or Y, 50/50; X: next distribution ~uniform
-
-
-def lively(variant: str):
-    model = make_hf_model(variant)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.2)
-    return model
 
 
 def forked(model):
@@ -61,7 +51,7 @@ def tokenizer(tmp_path_factory):
 @pytest.fixture(scope="module")
 def qwen3(tmp_path_factory):
     path = tmp_path_factory.mktemp("qwen3") / "m"
-    lively("qwen3").save_pretrained(path)
+    lively_model("qwen3").save_pretrained(path)
     return path
 
 
@@ -94,7 +84,7 @@ def test_one_path_greedy_is_the_greedy_sampler(qwen3, tokenizer):
 
 
 def test_a_path_below_tau_is_never_extended(tmp_path, tokenizer):
-    model = forked(lively("qwen2"))
+    model = forked(lively_model("qwen2"))
     model.save_pretrained(tmp_path / "m")
     prompt = [10, 11, Z]
     conf = lambda logits: 1 - (-(torch.softmax(torch.tensor(logits), -1) * torch.log_softmax(torch.tensor(logits), -1)).sum()) / np.log(VOCAB)

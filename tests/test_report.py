@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from caspo_jax import files
 from caspo_jax.eval import report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -27,7 +28,7 @@ def test_write_json_converts_numpy_and_is_atomic(tmp_path, monkeypatch):
     def crash(src, dst):
         raise OSError("disk gone")
 
-    monkeypatch.setattr(report.os, "replace", crash)
+    monkeypatch.setattr(files.os, "replace", crash)
     with pytest.raises(OSError, match="disk gone"):
         report.write_json(path, {"acc": 0.9})
     # the failed writes left the earlier file whole and no temporary file behind

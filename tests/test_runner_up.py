@@ -1,7 +1,6 @@
 """The runner-up branch: second most likely first token, then greedy to the step's end, against
 transformers' own logits and greedy generation."""
 
-import numpy as np
 import torch
 import transformers
 

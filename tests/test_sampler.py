@@ -16,21 +16,10 @@ from caspo_jax.infer.sampler import Sampler, SamplingConfig
 from caspo_jax.model import hf
 from caspo_jax.model import tokenizer as tokenizer_lib
 from caspo_jax.parallel import mesh as mesh_lib
-from hf_models import VOCAB, make_hf_model, save_tokenizer, torch_logits
+from hf_models import VOCAB, lively_model, save_tokenizer, torch_logits
 
 NEW = 32
 GREEDY = SamplingConfig(max_new_tokens=NEW, step_delimiter=None)
-
-
-def lively_model(variant: str):
-    """A tiny random model with weights large enough that greedy text does not repeat one token."""
-    model = make_hf_model(variant)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.2)
-    return model
 
 
 def random_prompts(lengths, seed=0) -> list[list[int]]:

@@ -26,44 +26,33 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
-import uuid
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import yaml
 
+from caspo_jax import files
 from caspo_jax.caspo import annotate as annotate_lib
 from caspo_jax.caspo import dataset as dataset_lib
 from caspo_jax.caspo import pairs as pairs_lib
 from caspo_jax.caspo.label import Labeler, OutcomeLabeler, VerifierLabeler, load_judge
 from caspo_jax.config import CaspoConfig, DataConfig, ModelConfig, OptimConfig, TrainConfig
-from caspo_jax.data import arith, sources
+from caspo_jax.data import arith, jsonl, sources
+from caspo_jax.eval import report
 from caspo_jax.data.sources import Problem
 
 Progress = Callable[[str], None]
 WARMUP_VARIANTS = 4  # warm-up solutions per training question: clean and with one wrong step, alternating
 
 
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_jsonl(path: Path, records: Sequence[dict]) -> None:
-    _write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+    files.write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def write_json(path: Path, value: dict) -> None:
-    _write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
+    return [record for _, record in jsonl.records(path)]
 
 
 def load_problems(cfg: CaspoConfig) -> tuple[list[Problem], list[Problem]]:
@@ -243,7 +232,7 @@ def run_round(
             )
         pairs, counts = pairs_lib.build_pairs(candidates, siblings, runner_up, delimiter=annotate_lib.DELIMITER)
         stats = {"tau_low": tau_low, "tau_high": tau_high, "candidates": len(candidates), "pairs": len(pairs), **counts}
-        write_json(folder / "pairs_stats.json", stats)
+        report.write_json(folder / "pairs_stats.json", stats)
         write_jsonl(folder / "pairs.jsonl", [dataclasses.asdict(p) for p in pairs])
         say("pairs", ", ".join(f"{k}={v}" for k, v in stats.items() if k not in ("tau_low", "tau_high"))
             + f", tau=({tau_low:.3f}, {tau_high:.3f})", began)
@@ -274,7 +263,7 @@ def run_round(
         say(f"eval {name}", f"accuracy {benchmarks[name]['accuracy']:.3f}", began)
     summary = {"round": r, "policy": str(policy), "trained": trained, "pairs": stats, "eval": metrics,
                "benchmarks": benchmarks}
-    write_json(folder / "summary.json", summary)
+    report.write_json(folder / "summary.json", summary)
     return summary
 
 
@@ -284,7 +273,7 @@ def run(cfg: CaspoConfig, progress: Progress = print) -> list[dict]:
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    files.write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     train_qs, heldout = load_problems(cfg)
     mesh = mesh_lib.make_mesh(cfg.mesh)
     labeler = make_labeler(cfg.labeler, cfg.judge_model, cfg.judge_max_new_tokens, mesh)
@@ -304,5 +293,5 @@ def run(cfg: CaspoConfig, progress: Progress = print) -> list[dict]:
         if not summary["trained"]:
             progress(f"round {r} made no pairs: stopping (lower tau_high / raise tau_low, or sample more)")
             break
-    write_json(out / "summary.json", {"rounds": summaries, "final_policy": str(policy)})
+    report.write_json(out / "summary.json", {"rounds": summaries, "final_policy": str(policy)})
     return summaries

@@ -10,32 +10,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 
+from caspo_jax import files
 from caspo_jax.eval.metrics import N_BINS, reliability_bins
-
-
-def _atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w") -> Path:
-    """Call write(file) on a temp file beside `path`, then rename it to `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
 
 
 def _plain(value: Any) -> Any:
@@ -58,7 +42,7 @@ def _plain(value: Any) -> Any:
 def write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
     """`data` as indented JSON (numpy values converted, NaN/inf as null), written atomically."""
     text = json.dumps(_plain(data), indent=2, sort_keys=False, allow_nan=False) + "\n"
-    return _atomic_write(path, lambda f: f.write(text))
+    return files.atomic_write(path, lambda f: f.write(text))
 
 
 def _cell(value: Any) -> str:
@@ -85,13 +69,13 @@ def write_markdown(
 ) -> Path:
     """A markdown file holding an optional "# title" and `markdown_table(rows, columns)`."""
     text = (f"# {title}\n\n" if title else "") + markdown_table(rows, columns)
-    return _atomic_write(path, lambda f: f.write(text))
+    return files.atomic_write(path, lambda f: f.write(text))
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
     FigureCanvasAgg(fig)
     fig.tight_layout()
-    return _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120), mode="wb")
+    return files.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120), mode="wb")
 
 
 def plot_reliability(

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from caspo_jax import files
 from caspo_jax.config import EvalConfig
 from caspo_jax.data import grading, prompts
 from caspo_jax.data.sources import Problem
@@ -38,17 +39,11 @@ def read_results(path: Path) -> dict[str, dict]:
             record = json.loads(line)
         except json.JSONDecodeError:
             if number == len(lines):
-                _truncate(path, lines[:-1])
+                files.write_text(path, "".join(lines[:-1]))
                 break
             raise ValueError(f"{path}:{number}: not a JSON results line; delete the file to start over") from None
         records[record["id"]] = record
     return records
-
-
-def _truncate(path: Path, lines: list[str]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(lines), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _append(path: Path, records: list[dict]) -> None:

@@ -36,7 +36,7 @@ from caspo_jax.data import grading
 from caspo_jax.eval import metrics
 from caspo_jax.infer import confidence, decoding
 from caspo_jax.infer import stops as stops_lib
-from caspo_jax.infer.sampler import Sampler, SamplingConfig, _to_host
+from caspo_jax.infer.sampler import Sampler, SamplingConfig
 from caspo_jax.model import cache as kv
 from caspo_jax.parallel import mesh as mesh_lib
 
@@ -245,7 +245,7 @@ def _placement(mesh: Mesh | None):
 
 def _fetch(x: Array) -> np.ndarray:
     """An explicit device -> host read of the whole array (gathered across processes if needed)."""
-    return _to_host(x) if not x.is_fully_addressable else np.asarray(jax.device_get(x))
+    return mesh_lib.to_host(x)
 
 
 def search(

@@ -17,7 +17,8 @@ import numpy as np
 
 from caspo_jax.config import CaTConfig
 from caspo_jax.infer import decoding
-from caspo_jax.infer.sampler import Sampler, SampleOutput, SamplingConfig, _to_host
+from caspo_jax.infer.sampler import Sampler, SampleOutput, SamplingConfig
+from caspo_jax.parallel import mesh as mesh_lib
 
 
 class DeepConfOutput(NamedTuple):
@@ -95,4 +96,4 @@ def _stopping_decode(
     out, _, _ = decoding.decode(
         sampler.params, cache, logits, knobs, table, model=sampler.model, plan=plan, mesh=sampler.mesh
     )
-    return jax.tree.map(lambda x: _to_host(x)[: len(prompts) * n], out)
+    return jax.tree.map(lambda x: mesh_lib.to_host(x)[: len(prompts) * n], out)

@@ -19,7 +19,6 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from caspo_jax.config import ModelConfig
@@ -85,13 +84,6 @@ class SamplingConfig:
             num_stopping=len(self.stop_strings) + int(self.until_step_end),
             step_string=len(self.stop_strings) if self.step_delimiter is not None else -1,
         )
-
-
-def _to_host(x: jax.Array) -> np.ndarray:
-    """The full array on every process (gathered when other processes hold parts of it)."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
 
 
 class Sampler:
@@ -178,7 +170,7 @@ class Sampler:
         out, _, _ = decoding.decode(
             self.params, cache, logits, knobs, table, model=self.model, plan=sampling.plan(), mesh=self.mesh
         )
-        return jax.tree.map(lambda x: _to_host(x)[: len(prompts) * num_samples], out)
+        return jax.tree.map(lambda x: mesh_lib.to_host(x)[: len(prompts) * num_samples], out)
 
     def texts(self, output: SampleOutput) -> list[str]:
         """Each row's generated text (special tokens skipped)."""

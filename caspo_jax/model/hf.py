@@ -21,7 +21,6 @@ from typing import Callable, Iterator
 import jax
 import ml_dtypes
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, SingleDeviceSharding
 
 from caspo_jax.config import DTYPES, ModelConfig
@@ -194,12 +193,6 @@ def _place(tensors, names, layout, per_layer, layered, target, shape, sharding) 
 # save
 
 
-def _to_host(x: jax.Array) -> np.ndarray:
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(jax.device_get(x))
-
-
 def _hf_tensors(config: ModelConfig, params: dict) -> Iterator[tuple[str, tuple[int, ...], Callable[[], np.ndarray]]]:
     """(HF name, HF shape, producer) for every tensor, one stacked param fetched to host at a time."""
     for ours, leaf in _param_paths(params):
@@ -211,7 +204,7 @@ def _hf_tensors(config: ModelConfig, params: dict) -> Iterator[tuple[str, tuple[
         def host(leaf=leaf, cache=cache) -> np.ndarray:
             if "x" not in cache:
                 cache.clear()
-                cache["x"] = _to_host(leaf)
+                cache["x"] = mesh_lib.to_host(leaf)
             return cache["x"]
 
         if ours[0] == "layers":

@@ -8,15 +8,19 @@ only ever loses efficiency, never correctness. Multi-host jobs call `initialize_
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from typing import Any, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from caspo_jax.config import MeshConfig
+
+log = logging.getLogger(__name__)
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -64,11 +68,10 @@ def make_mesh(config: MeshConfig = MeshConfig(), devices: Sequence[jax.Device] |
     """A `jax.sharding.Mesh` over all (or the given) devices with axes ('data', 'fsdp', 'tensor')."""
     devices = list(devices if devices is not None else jax.devices())
     shape = mesh_shape(config, len(devices))
-    try:
-        from jax.experimental import mesh_utils
-
+    try:  # a topology-aware layout (ICI neighbours on TPU) where JAX knows one for this shape
         grid = mesh_utils.create_device_mesh(shape, devices=devices)
-    except (ValueError, NotImplementedError, AssertionError):
+    except (ValueError, NotImplementedError, AssertionError) as e:
+        log.warning("mesh %s: no topology-aware layout (%s); using devices in enumeration order", shape, e)
         grid = np.asarray(devices).reshape(shape)
     return Mesh(grid, MESH_AXES)
 
@@ -109,6 +112,13 @@ def batch_sharding(mesh: Mesh, shape: Sequence[int]) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """The full array as numpy on every process (gathered when other processes hold parts of it)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
 
 
 def shard(tree: Any, shardings: Any) -> Any:
