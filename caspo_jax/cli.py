@@ -15,6 +15,7 @@ from caspo_jax.commands import evaluate, model_tools
 from caspo_jax.commands import train as train_commands
 from caspo_jax.commands import cat as cat_command
 from caspo_jax.commands import sample as sample_command
+from caspo_jax.commands import plan as plan_command
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "selfcheck": ("build a tiny Qwen3, round-trip it, compare with transformers", *model_tools.SELFCHECK),
@@ -27,6 +28,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "cat": ("CaT confidence-aware tree search on one prompt; prints the tree", *cat_command.COMMAND),
     "caspo": ("CASPO: rounds of sample, confidence, labels, step pairs and DPO, with evaluation", *caspo_commands.CASPO),
     "annotate": ("confidence and step labels for existing solutions -> the step-wise dataset", *caspo_commands.ANNOTATE),
+    "plan": ("per-device memory and tokens/s of a config on TPU slices or GPUs", *plan_command.COMMAND),
 }
 
 

@@ -20,6 +20,11 @@ last checkpoint and evaluation from its results file. The policy of round r is r
 train/model; the reference of round r is its starting policy, whose log-probs the DPO trainer
 precomputes (one model in memory). A round with zero pairs skips training, evaluates the unchanged
 policy and stops the run (later rounds would sample from the same policy again).
+
+Multi-host: every process runs every stage (sampling and training are collective); process 0 alone
+writes (`files.is_primary`), and all processes meet (`mesh.sync`) after each stage, before any of them
+reads what was written or checks whether the next stage's output exists. `output_dir` must be one
+folder that every host sees (NFS, Filestore, a gcsfuse bucket mount).
 """
 
 from __future__ import annotations
@@ -48,7 +53,16 @@ WARMUP_VARIANTS = 4  # warm-up solutions per training question: clean and with o
 
 
 def write_jsonl(path: Path, records: Sequence[dict]) -> None:
-    files.write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+    """Records as JSON lines, written atomically by process 0 (the others skip)."""
+    if files.is_primary():
+        files.write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def _stage_done(name: str) -> None:
+    """Every process waits here until all have finished stage `name` (process 0 has written it)."""
+    from caspo_jax.parallel import mesh as mesh_lib
+
+    mesh_lib.sync(name)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -118,6 +132,7 @@ def initial_policy(cfg: CaspoConfig, out: Path, train_qs: Sequence[Problem], pro
         config = tiny_model_config()
         tok_dir = save_char_tokenizer(out / "init" / "tokenizer")
         hf.save(random_dir, config, qwen.init_params(config, jax.random.key(cfg.seed)), tokenizer_dir=tok_dir)
+    _stage_done(f"{random_dir}")
     if not cfg.warmup_sft_steps:
         return random_dir
     if not (warm / "model").exists():
@@ -131,6 +146,7 @@ def initial_policy(cfg: CaspoConfig, out: Path, train_qs: Sequence[Problem], pro
                 text = p.solution() if i % 2 else arith.noisy_solution(p, rng)[0]
                 records.append({"prompt": prompts.build_prompt(q.question), "completion": text})
         write_jsonl(out / "init" / "sft.jsonl", records)
+        _stage_done(f"{out / 'init' / 'sft.jsonl'}")
         sft = TrainConfig(
             mode="sft", batch_size=16, max_steps=cfg.warmup_sft_steps, log_every=100, save_every=cfg.warmup_sft_steps,
             mesh=cfg.train.mesh, optim=OptimConfig(learning_rate=1e-2, warmup_steps=20, schedule="cosine"),
@@ -197,6 +213,7 @@ def run_round(
         )
         write_jsonl(folder / "samples.jsonl", samples)
         say("samples", f"{len(samples)} solutions of {len(train_qs)} questions", began)
+    _stage_done(f"{folder / 'samples.jsonl'}")
     samples = read_jsonl(folder / "samples.jsonl")
 
     began = time.perf_counter()
@@ -208,9 +225,11 @@ def run_round(
         pieces = stops.token_pieces(load_tokenizer(policy), hf.read_config(policy).vocab_size)
         _, rows = annotate_lib.annotate(samples, labeler, pieces, splitter=cfg.step_splitter,
                                         aggregation=cfg.step_aggregation, round_index=r)
-        dataset_lib.write_parquet(rows, folder / "annotated.parquet")
+        if files.is_primary():
+            dataset_lib.write_parquet(rows, folder / "annotated.parquet")
         right = np.mean([row["label"] for row in rows]) if rows else 0.0
         say("annotate", f"{len(rows)} steps, {right:.0%} labelled right by {labeler.name}", began)
+    _stage_done(f"{folder / 'annotated.parquet'}")
     solutions = _solutions(samples, dataset_lib.read_parquet(folder / "annotated.parquet"))
 
     began = time.perf_counter()
@@ -236,6 +255,7 @@ def run_round(
         write_jsonl(folder / "pairs.jsonl", [dataclasses.asdict(p) for p in pairs])
         say("pairs", ", ".join(f"{k}={v}" for k, v in stats.items() if k not in ("tau_low", "tau_high"))
             + f", tau=({tau_low:.3f}, {tau_high:.3f})", began)
+    _stage_done(f"{folder / 'pairs.jsonl'}")
     stats = json.loads((folder / "pairs_stats.json").read_text())
     del sampler  # the trainer loads the policy itself
 
@@ -264,6 +284,7 @@ def run_round(
     summary = {"round": r, "policy": str(policy), "trained": trained, "pairs": stats, "eval": metrics,
                "benchmarks": benchmarks}
     report.write_json(folder / "summary.json", summary)
+    _stage_done(f"{folder / 'summary.json'}")
     return summary
 
 
@@ -271,9 +292,11 @@ def run(cfg: CaspoConfig, progress: Progress = print) -> list[dict]:
     """Runs (or resumes) every round; returns the round summaries."""
     from caspo_jax.parallel import mesh as mesh_lib
 
+    mesh_lib.initialize_distributed()  # before anything touches devices
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files.write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if files.is_primary():
+        out.mkdir(parents=True, exist_ok=True)
+        files.write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     train_qs, heldout = load_problems(cfg)
     mesh = mesh_lib.make_mesh(cfg.mesh)
     labeler = make_labeler(cfg.labeler, cfg.judge_model, cfg.judge_max_new_tokens, mesh)
@@ -289,7 +312,8 @@ def run(cfg: CaspoConfig, progress: Progress = print) -> list[dict]:
         summaries.append(summary)
         policy = Path(summary["policy"])
         tables = [out / f"round_{k}" / "annotated.parquet" for k in range(1, r + 1)]
-        dataset_lib.publish(out / "dataset", tables, signal=cfg.signal, aggregation=cfg.step_aggregation)
+        if files.is_primary():
+            dataset_lib.publish(out / "dataset", tables, signal=cfg.signal, aggregation=cfg.step_aggregation)
         if not summary["trained"]:
             progress(f"round {r} made no pairs: stopping (lower tau_high / raise tau_low, or sample more)")
             break

@@ -2,7 +2,8 @@
 
 Everything takes plain dicts, lists and arrays, so any pipeline (CaT runs, CASPO rounds, baselines)
 can call it. Every file is written to a temporary path in the same folder and renamed into place
-(`os.replace`), so a crash never leaves a half-written report. Plots use matplotlib's object API on
+(`os.replace`), so a crash never leaves a half-written report; in a multi-host job only process 0
+writes (`files.is_primary`), the others return the same path. Plots use matplotlib's object API on
 the Agg canvas: no pyplot, no global backend change, safe without a display.
 """
 
@@ -42,6 +43,8 @@ def _plain(value: Any) -> Any:
 def write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
     """`data` as indented JSON (numpy values converted, NaN/inf as null), written atomically."""
     text = json.dumps(_plain(data), indent=2, sort_keys=False, allow_nan=False) + "\n"
+    if not files.is_primary():
+        return Path(path)
     return files.atomic_write(path, lambda f: f.write(text))
 
 
@@ -69,10 +72,14 @@ def write_markdown(
 ) -> Path:
     """A markdown file holding an optional "# title" and `markdown_table(rows, columns)`."""
     text = (f"# {title}\n\n" if title else "") + markdown_table(rows, columns)
+    if not files.is_primary():
+        return Path(path)
     return files.atomic_write(path, lambda f: f.write(text))
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
+    if not files.is_primary():
+        return Path(path)
     FigureCanvasAgg(fig)
     fig.tight_layout()
     return files.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120), mode="wb")

@@ -4,6 +4,7 @@ Results go to `<out>/<name>/results.jsonl`, one graded question per line, append
 each batch: a crash loses at most the batch in flight, and a rerun skips every question already there
 (a line torn by the crash is dropped). Metrics, the markdown report and the plots are recomputed from
 the whole results file at the end, so a resumed run reports exactly what an uninterrupted one would.
+In a multi-host job every process decodes and only process 0 writes (`files.is_primary`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from caspo_jax.eval import decoders, metrics, report
 from caspo_jax.infer import stops
 from caspo_jax.infer.sampler import Sampler
 from caspo_jax.model import tokenizer as tokenizer_lib
+from caspo_jax.parallel import mesh as mesh_lib
 
 RESULTS = "results.jsonl"
 
@@ -39,7 +41,8 @@ def read_results(path: Path) -> dict[str, dict]:
             record = json.loads(line)
         except json.JSONDecodeError:
             if number == len(lines):
-                files.write_text(path, "".join(lines[:-1]))
+                if files.is_primary():
+                    files.write_text(path, "".join(lines[:-1]))
                 break
             raise ValueError(f"{path}:{number}: not a JSON results line; delete the file to start over") from None
         records[record["id"]] = record
@@ -47,6 +50,8 @@ def read_results(path: Path) -> dict[str, dict]:
 
 
 def _append(path: Path, records: list[dict]) -> None:
+    if not files.is_primary():
+        return
     with open(path, "a", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps(record) + "\n")
@@ -81,9 +86,11 @@ def evaluate(
     if cfg.method not in decoders.METHODS:
         raise ValueError(f"method {cfg.method!r} is not available; expected one of {sorted(decoders.METHODS)}")
     folder = Path(out_dir) / name
-    folder.mkdir(parents=True, exist_ok=True)
+    if files.is_primary():
+        folder.mkdir(parents=True, exist_ok=True)
     results_path = folder / RESULTS
     done = read_results(results_path)
+    mesh_lib.sync(f"eval {name}: results read")  # every process skips the same questions before any appends
     todo = [p for p in problems if p.id not in done]
     tok = sampler.tokenizer
     chat = tokenizer_lib.has_chat_template(tok) if cfg.chat is None else cfg.chat

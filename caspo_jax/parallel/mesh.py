@@ -40,14 +40,38 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
 def initialize_distributed() -> None:
     """Calls `jax.distributed.initialize()` when this looks like a multi-process job.
 
-    Must run before anything touches devices or Orbax. TPU pods are detected by JAX itself; elsewhere
-    set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+    Must run before anything touches devices or Orbax. CASPO_JAX_DISTRIBUTED=1 (set by launch/tpu_pod.sh)
+    asks for it and lets JAX detect the cluster (Cloud TPU VMs, SLURM, Open MPI, GKE); elsewhere set
+    JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID on every
+    process.
     """
     if jax.distributed.is_initialized():
         return
     on_tpu_pod = "TPU_WORKER_HOSTNAMES" in os.environ and "," in os.environ["TPU_WORKER_HOSTNAMES"]
-    if on_tpu_pod or "JAX_COORDINATOR_ADDRESS" in os.environ:
-        jax.distributed.initialize()
+    asked = os.environ.get("CASPO_JAX_DISTRIBUTED", "0") == "1"
+    if on_tpu_pod or asked or "JAX_COORDINATOR_ADDRESS" in os.environ:
+        jax.distributed.initialize(**_process_settings())
+
+
+def _process_settings() -> dict[str, int]:
+    """num_processes and process_id from JAX_NUM_PROCESSES / JAX_PROCESS_ID (JAX reads only the address)."""
+    settings = {}
+    for key, name in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID")):
+        if name in os.environ:
+            try:
+                settings[key] = int(os.environ[name])
+            except ValueError:
+                raise ValueError(f"environment variable {name}: expected an integer, got {os.environ[name]!r}") from None
+    return settings
+
+
+def sync(name: str) -> None:
+    """Waits until every process reaches this point (a no-op in a single-process run).
+
+    Use after process 0 writes a file that the others read next: they must not look before it exists.
+    """
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
 
 
 def mesh_shape(config: MeshConfig, num_devices: int) -> tuple[int, int, int]:

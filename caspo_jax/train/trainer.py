@@ -102,6 +102,7 @@ def train(
                     saved = done
         checkpoints.wait()
         _export(out / "model", model_config, state.params, model_dir)
+        mesh_lib.sync(f"exported {out / 'model'}")  # process 0 wrote it; the next stage may read it
     return metrics_log.last
 
 
