@@ -5,6 +5,7 @@
   reference_logps.npz  the precomputed reference log-probs, written once (atomically) per dataset
   metrics.jsonl        one line per logged step, TRL's metric names; tensorboard/ holds the same
   model/               the trained model as a Hugging Face folder
+  run.json             the base model folder the run started from (read by `caspo-jax export`)
 The host syncs with the device only every `log_every` steps and before each save. A non-finite loss
 or gradient norm stops the run with `TrainingDiverged` before anything after it is saved, so the last
 checkpoint is a good one. `resume=True` restores the latest checkpoint and iterator state: the run
@@ -27,6 +28,7 @@ import numpy as np
 import tensorboardX
 import tqdm
 
+from caspo_jax import files
 from caspo_jax.config import TrainConfig
 from caspo_jax.data import pairs_io, pipeline
 from caspo_jax.model import hf
@@ -58,6 +60,8 @@ def train(
         latest = checkpoints.latest_step()
         if latest is not None and not resume:
             raise ValueError(f"{out} already holds checkpoints up to step {latest}: pass --resume, or another --out")
+        if jax.process_index() == 0:  # the base model of this run, for `caspo-jax export`
+            files.write_text(out / "run.json", json.dumps({"model_dir": str(model_dir.absolute())}, indent=2) + "\n")
         model_config, params = hf.load(model_dir, dtype=config.param_dtype, mesh=mesh)
         total = pipeline.steps_per_run(len(examples), config.batch_size, config.epochs, config.max_steps)
         tx = optim.optimizer(config.optim, total)
