@@ -14,6 +14,7 @@ from caspo_jax.commands import caspo as caspo_commands
 from caspo_jax.commands import evaluate, model_tools
 from caspo_jax.commands import train as train_commands
 from caspo_jax.commands import cat as cat_command
+from caspo_jax.commands import demo as demo_command
 from caspo_jax.commands import export as export_command
 from caspo_jax.commands import sample as sample_command
 from caspo_jax.commands import plan as plan_command
@@ -30,6 +31,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "caspo": ("CASPO: rounds of sample, confidence, labels, step pairs and DPO, with evaluation", *caspo_commands.CASPO),
     "annotate": ("confidence and step labels for existing solutions -> the step-wise dataset", *caspo_commands.ANNOTATE),
     "plan": ("per-device memory and tokens/s of a config on TPU slices or GPUs", *plan_command.COMMAND),
+    "demo": ("the whole method on a laptop CPU in minutes: base model, CASPO, CaT, report", *demo_command.COMMAND),
     "export": ("a checkpoint -> an HF folder with tokenizer and model card [-> the Hub]", *export_command.COMMAND),
 }
 
