@@ -53,6 +53,7 @@ def test_plots_are_valid_pngs(tmp_path):
         report.plot_reliability(tmp_path / "reliability.png", conf, labels),
         report.plot_confidence_histograms(tmp_path / "hist.png", conf, labels),
         report.plot_confidence_histograms(tmp_path / "hist_one_class.png", conf[:5], np.ones(5)),
+        report.plot_confidence_histograms(tmp_path / "hist_zoomed.png", 0.95 + conf / 20, labels, value_range=None),
         report.plot_accuracy_vs_budget(
             tmp_path / "budget.png",
             {"greedy": ([300], [0.5]), "self-consistency": ([3000, 1500, 600], [0.6, 0.58, 0.55]),
@@ -60,4 +61,6 @@ def test_plots_are_valid_pngs(tmp_path):
         ),
     ]
     assert all(_is_png(p) for p in paths)
-    assert sorted(os.listdir(tmp_path)) == ["budget.png", "hist.png", "hist_one_class.png", "reliability.png"]
+    assert sorted(os.listdir(tmp_path)) == [
+        "budget.png", "hist.png", "hist_one_class.png", "hist_zoomed.png", "reliability.png"
+    ]

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
+import numpy as np
+
 from caspo_jax import files
 from caspo_jax.caspo import dataset as dataset_lib
 from caspo_jax.demo.settings import DemoSettings
@@ -66,11 +68,13 @@ def table_rows(data: Mapping) -> list[dict]:
 
 def _plots(out: Path, data: Mapping) -> list[str]:
     names = []
-    for model in data["step_level"]:
-        rows = dataset_lib.read_parquet(out / "steps" / model / "annotated.parquet")
+    steps = {model: dataset_lib.read_parquet(out / "steps" / model / "annotated.parquet") for model in data["step_level"]}
+    everything = [r["step_confidence"] for rows in steps.values() for r in rows]
+    low = float(min(np.floor(np.quantile(everything, 0.01) * 50) / 50, 0.98)) if everything else 0.0
+    for model, rows in steps.items():
         conf, right = [r["step_confidence"] for r in rows], [r["label"] for r in rows]
         report.plot_reliability(out / f"reliability_{model}.png", conf, right, title=f"{model}: step confidence")
-        report.plot_confidence_histograms(out / f"confidence_hist_{model}.png", conf, right,
+        report.plot_confidence_histograms(out / f"confidence_hist_{model}.png", conf, right, value_range=(low, 1.0),
                                           title=f"{model}: step confidence, right vs wrong steps")
         names += [f"reliability_{model}.png", f"confidence_hist_{model}.png"]
     curves = {f"{model} {DECODER_NAMES[d]}": ([v["tokens_per_question"]], [v["accuracy"]])

@@ -113,18 +113,23 @@ def plot_confidence_histograms(
     labels: ArrayLike,
     n_bins: int = 30,
     title: str = "Step confidence",
+    value_range: tuple[float, float] | None = (0.0, 1.0),
 ) -> Path:
     """Overlaid density histograms of step confidence [S] for correct and wrong steps (labels [S]);
-    a class without steps is left out of the plot."""
+    a class without steps is left out of the plot. value_range None zooms on the data: from its 1st
+    percentile (rounded down to 0.02) to 1, for models whose confidences crowd near 1."""
     conf = np.asarray(confidence, dtype=np.float64).reshape(-1)
     lab = np.asarray(labels).astype(bool).reshape(-1)
+    if value_range is None:
+        low = np.floor(np.quantile(conf, 0.01) * 50) / 50 if conf.size else 0.0
+        value_range = (float(min(low, 0.98)), 1.0)
     fig = Figure(figsize=(5.5, 3.5))
     ax = fig.add_subplot()
     for mask, name, color in ((lab, "correct", "C2"), (~lab, "wrong", "C3")):
         if mask.any():
-            ax.hist(conf[mask], bins=n_bins, range=(0, 1), density=True, alpha=0.55, color=color,
-                    label=f"{name} steps (n={int(mask.sum())})")
-    ax.set(xlim=(0, 1), xlabel="confidence", ylabel="density", title=title)
+            ax.hist(np.clip(conf[mask], *value_range), bins=n_bins, range=value_range, density=True, alpha=0.55,
+                    color=color, label=f"{name} steps (n={int(mask.sum())})")
+    ax.set(xlim=value_range, xlabel="confidence", ylabel="density", title=title)
     ax.legend()
     return _save(fig, path)
 
