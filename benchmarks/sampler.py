@@ -4,10 +4,12 @@ One run, one HF model folder, one batch: 8 prompts x 32 tokens, 128 new tokens, 
 sides so every row generates all 128. Measured: tokens/s greedy, and sampling with scores
 (temperature 0.7, top-p 0.95; transformers with output_scores=True, return_dict_in_generate=True; ours
 returns log-probs and confidence signals), and the cost of our confidence signals (greedy with
-signals against greedy with log-probs only). Times are medians after a warm-up; compile time is
-reported apart.
+signals against greedy with log-probs only). Every measurement runs once per round, the rounds
+interleaving ours and transformers' so that other load on the machine hits both alike; speedups and
+the overhead are medians of within-round ratios (with their range), times are medians after a
+warm-up, and compile time is reported apart.
 
-    python benchmarks/sampler.py [--model DIR] [--repeats 3]
+    python benchmarks/sampler.py [--model DIR] [--repeats 5]
 
 Prints one JSON line with `speedup_vs_transformers` {greedy, sampling} and `confidence_overhead`.
 """
@@ -27,8 +29,17 @@ BATCH, PROMPT_TOKENS, NEW_TOKENS = 8, 32, 128
 TEMPERATURE, TOP_P = 0.7, 0.95
 
 
+def wall_and_cpu_seconds(run) -> tuple[float, float]:
+    """One call of run(): (wall seconds, CPU seconds of this process, all threads)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    run()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
 def main() -> None:
-    args = common.parser(__doc__.splitlines()[0]).parse_args()
+    p = common.parser(__doc__.splitlines()[0])
+    p.set_defaults(repeats=5)
+    args = p.parse_args()
     model_dir = args.model or common.default_model_dir()
     load_before = os.getloadavg()[0]  # other work on the machine skews both sides, torch's the most
 
@@ -60,19 +71,6 @@ def main() -> None:
 
     compile_s = {name: first_call_seconds(ours(s)) for name, s in (("greedy", greedy), ("sampling", sampled))}
     first_call_seconds(ours(bare))
-    times = {
-        "ours_greedy": common.median_seconds(ours(greedy), args.repeats),
-        "ours_greedy_no_signals": common.median_seconds(ours(bare), args.repeats),
-        "ours_sampling": common.median_seconds(ours(sampled), args.repeats),
-    }
-    # The overhead is a few percent of a run: measure it in back-to-back pairs, which a busy machine
-    # slows alike, and take the median ratio.
-    ratios = [
-        common.median_seconds(ours(greedy), 1, warmup=0) / common.median_seconds(ours(bare), 1, warmup=0)
-        for _ in range(max(args.repeats, 7))
-    ]
-    for name in compile_s:  # first call minus a steady-state call: tracing and XLA compilation
-        compile_s[name] = round(compile_s[name] - times[f"ours_{name}"], 3)
 
     torch_model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     no_eos = dict(eos_token_id=None, pad_token_id=config.pad_token_id or 0)
@@ -88,11 +86,43 @@ def main() -> None:
             assert sequences.shape[1] == PROMPT_TOKENS + NEW_TOKENS
         return run
 
-    times["transformers_greedy"] = common.median_seconds(theirs(do_sample=False), args.repeats)
-    times["transformers_sampling"] = common.median_seconds(
-        theirs(do_sample=True, temperature=TEMPERATURE, top_p=TOP_P, output_scores=True, return_dict_in_generate=True),
-        args.repeats,
-    )
+    runs = {
+        "ours_greedy": ours(greedy),
+        "transformers_greedy": theirs(do_sample=False),
+        "ours_greedy_no_signals": ours(bare),
+        "ours_sampling": ours(sampled),
+        "transformers_sampling": theirs(
+            do_sample=True, temperature=TEMPERATURE, top_p=TOP_P, output_scores=True, return_dict_in_generate=True
+        ),
+    }
+    # Rounds interleave every measurement, so load from other work on the machine hits both sides
+    # alike; ratios are taken within a round, then their median (and range) over rounds.
+    # CPU seconds (all threads of this process) are reported too: they move less with other load.
+    for run in runs.values():
+        run()  # warm-up
+    rounds, cpu_rounds = [], []
+    for _ in range(args.repeats):
+        rounds.append({})
+        cpu_rounds.append({})
+        for name, run in runs.items():
+            rounds[-1][name], cpu_rounds[-1][name] = wall_and_cpu_seconds(run)
+    times = {name: statistics.median(r[name] for r in rounds) for name in runs}
+
+    def ratios(num: str, den: str, of: list[dict] = rounds) -> list[float]:
+        return [r[num] / r[den] for r in of]
+
+    speedups = {kind: ratios(f"transformers_{kind}", f"ours_{kind}") for kind in ("greedy", "sampling")}
+    cpu_speedups = {kind: ratios(f"transformers_{kind}", f"ours_{kind}", cpu_rounds) for kind in ("greedy", "sampling")}
+    # The overhead is a few percent of a run: measure it in more back-to-back pairs, alternating
+    # which goes first, and take the median ratio.
+    overheads = ratios("ours_greedy", "ours_greedy_no_signals")
+    for i in range(max(args.repeats, 7)):
+        pair = (runs["ours_greedy"], runs["ours_greedy_no_signals"])[:: 1 if i % 2 else -1]
+        seconds = [common.median_seconds(run, 1, warmup=0) for run in pair][:: 1 if i % 2 else -1]
+        overheads.append(seconds[0] / seconds[1])
+    for name in compile_s:  # first call minus a steady-state call: tracing and XLA compilation
+        compile_s[name] = round(compile_s[name] - times[f"ours_{name}"], 3)
+
     tokens_per_s = {name: BATCH * NEW_TOKENS / t for name, t in times.items()}
     common.emit({
         "benchmark": "sampler",
@@ -102,11 +132,11 @@ def main() -> None:
         "batch": BATCH, "prompt_tokens": PROMPT_TOKENS, "new_tokens": NEW_TOKENS,
         "sampling": {"temperature": TEMPERATURE, "top_p": TOP_P},
         "tokens_per_s": {k: round(v, 1) for k, v in tokens_per_s.items()},
-        "speedup_vs_transformers": {
-            "greedy": round(tokens_per_s["ours_greedy"] / tokens_per_s["transformers_greedy"], 2),
-            "sampling": round(tokens_per_s["ours_sampling"] / tokens_per_s["transformers_sampling"], 2),
-        },
-        "confidence_overhead": round(statistics.median(ratios) - 1, 4),
+        "speedup_vs_transformers": {kind: round(statistics.median(r), 2) for kind, r in speedups.items()},
+        "speedup_range": {kind: [round(min(r), 2), round(max(r), 2)] for kind, r in speedups.items()},
+        "speedup_in_cpu_seconds": {kind: round(statistics.median(r), 2) for kind, r in cpu_speedups.items()},
+        "confidence_overhead": round(statistics.median(overheads) - 1, 4),
+        "confidence_overhead_range": [round(min(overheads) - 1, 4), round(max(overheads) - 1, 4)],
         "compile_s": compile_s,
         "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     })

@@ -78,6 +78,33 @@ def test_prefill_then_decode_equals_full_forward(loaded):
     np.testing.assert_array_equal(np.asarray(cache.next_positions), mask.sum(1))
 
 
+def test_decode_loop_step_equals_full_forward(loaded):
+    """The decode loop's own step (per-layer cache, prepared weights) against the full forward, on a
+    left-padded batch where one row stops early (its later slots are written but marked invalid)."""
+    _, _, config, params = loaded
+    rng = np.random.RandomState(4)
+    tokens = rng.randint(3, VOCAB, (3, 20))
+    mask = np.ones_like(tokens)
+    mask[1, :6] = 0
+    full = np.asarray(qwen.forward(params, config, jnp.asarray(tokens), jnp.asarray(mask)))
+    prompt, stop = 8, 14
+    cache = kv.init_cache(config, batch=3, max_length=32)
+    _, cache = kv.extend(params, config, cache, jnp.asarray(tokens[:, :prompt]), jnp.asarray(mask[:, :prompt]))
+    layered = kv.split_layers(cache)
+    assert jax.tree.all(jax.tree.map(np.array_equal, kv.stack_layers(layered), cache))
+    head_params, head_config = qwen.untie_head(params, config)
+    layers = kv.decode_layers(head_params, head_config)
+    step = jax.jit(kv.decode_layers_step, static_argnums=2, donate_argnums=3)
+    for i in range(prompt, tokens.shape[1]):
+        live = np.array([True, True, i < stop])
+        hidden, layered = step(head_params, layers, head_config, layered, jnp.asarray(tokens[:, i]), jnp.asarray(live))
+        logits = np.asarray(kv.logits(head_params, head_config, hidden))
+        np.testing.assert_allclose(logits[live], full[live, i], atol=1e-5, err_msg=f"token {i}")
+    cache = kv.stack_layers(layered)
+    assert int(cache.end) == tokens.shape[1]
+    np.testing.assert_array_equal(np.asarray(cache.next_positions), [20, 14, stop])
+
+
 def test_bf16_compute_stays_close(loaded):
     _, _, config, params = loaded
     tokens = jnp.asarray(np.random.RandomState(3).randint(0, VOCAB, (2, 16)))

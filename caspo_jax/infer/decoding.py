@@ -2,7 +2,8 @@
 
 `prefill` runs the (left-padded) prompts once and repeats each row's cache for `num_samples`
 continuations. `decode` then appends one token per row per iteration until every row has ended or
-`max_new_tokens` is reached, all on device: sampling (`sampling.py`), confidence signals from the same
+`max_new_tokens` is reached, all on device: the model step on a per-layer cache
+(`cache.decode_layers_step`), sampling (`sampling.py`), confidence signals from the same
 logits (`confidence.token_signals`, no second forward), stop strings and step ends (`stops.py`). The
 cache is donated to `decode` and comes back extended by each row's tokens, so a caller that goes on
 from where a step ended (CaT) keeps it. The host side is `sampler.py`.
@@ -90,6 +91,14 @@ def constrain_cache(cache: kv.KVCache, mesh: Mesh | None) -> kv.KVCache:
         values=constrain(cache.values, kv.KV_AXES, mesh),
         valid=constrain(cache.valid, kv.VALID_AXES, mesh),
     )
+
+
+def constrain_layer_cache(cache: kv.LayerCache, mesh: Mesh | None) -> kv.LayerCache:
+    """`constrain_cache` for the per-layer form the decode loop carries."""
+    def each(xs: tuple[Array, ...]) -> tuple[Array, ...]:
+        return tuple(constrain(x, kv.LAYER_KV_AXES, mesh) for x in xs)
+
+    return cache.replace(keys=each(cache.keys), values=each(cache.values), valid=constrain(cache.valid, kv.VALID_AXES, mesh))
 
 
 @functools.partial(jax.jit, static_argnames=("model", "num_samples", "cache_length", "mesh"))
@@ -189,6 +198,8 @@ def decode(
     """
     b = logits.shape[0]
     params, model = qwen.untie_head(params, model)  # one transpose of a tied head, not one per token
+    layers = kv.decode_layers(params, model)  # sliced and concatenated once, not once per token
+    cache = constrain_layer_cache(kv.split_layers(cache), mesh)
     keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(knobs.seed), knobs.rows)
 
     def next_token(c: _Carry) -> _Carry:
@@ -219,9 +230,10 @@ def decode(
         if table is not None:
             out, recent, stopped = _find_strings(table, plan, out, c.recent, token, live & ~ended, c.step)
             ended |= stopped
-        hidden, cache = kv.extend(params, model, c.cache, token[:, None], live[:, None])
+        hidden, cache = kv.decode_layers_step(params, layers, model, c.cache, token, live)
+        cache = constrain_layer_cache(cache, mesh)
         # Rows that have ended keep the logits after their last token, for a decode that goes on.
-        logits = jnp.where(live[:, None], kv.logits(params, model, hidden[:, 0]), c.logits)
+        logits = jnp.where(live[:, None], kv.logits(params, model, hidden), c.logits)
         logits = constrain(logits, ("batch", "vocab"), mesh)
         return _Carry(c.step + 1, cache, logits, recent, c.done | ended, out)
 
@@ -231,4 +243,4 @@ def decode(
     recent = None if table is None else constrain(stops_lib.start(table, b), ("batch", None), mesh)
     start = _Carry(jnp.zeros((), jnp.int32), cache, logits, recent, jnp.zeros((b,), bool), _empty_output(b, plan, mesh))
     final = jax.lax.while_loop(running, next_token, start)
-    return final.out, final.cache, final.logits
+    return final.out, constrain_cache(kv.stack_layers(final.cache), mesh), final.logits

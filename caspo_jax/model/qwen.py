@@ -76,9 +76,14 @@ class RMSNorm(nn.Module):
     def __call__(self, x: Array) -> Array:
         init = nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,))
         scale = self.param("scale", init, (x.shape[-1],), self.param_dtype)
-        xf = x.astype(jnp.float32)
-        y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
-        return scale.astype(self.dtype) * y.astype(self.dtype)
+        return rms_norm(x, scale, self.eps, self.dtype)
+
+
+def rms_norm(x: Array, scale: Array, eps: float, dtype: jnp.dtype) -> Array:
+    """x: [..., D] normalised in fp32, scaled by scale: [D], returned in dtype."""
+    xf = x.astype(jnp.float32)
+    y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return scale.astype(dtype) * y.astype(dtype)
 
 
 class Attention(nn.Module):
