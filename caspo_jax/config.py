@@ -296,6 +296,9 @@ class CaTConfig:
     max_steps: int = 16  # rounds (steps per path)
     step_tokens: int = 128  # most tokens of one step
     max_tokens: int = 0  # token budget per question over all paths (0: none)
+    # Adaptive branching (open): only survivors whose last step confidence is below this start new
+    # paths, the others just continue, so the budget goes where steps are uncertain (None: all branch).
+    branch_below: float | None = None
     # DeepConf-online (Fu et al. 2025), for method 'deepconf': warm-up traces, window, percentile.
     warmup: int = 4
     window: int = 64

@@ -184,3 +184,54 @@ def test_eval_methods_cat_and_deepconf(qwen3, tokenizer):
         for d in decisions:
             assert 1 <= len(d.traces) <= 5 and d.tokens > 0
             assert d.chosen is None or d.traces[d.chosen].answer is not None
+
+
+def live_per_round(result: cat.CaTResult) -> list[int]:
+    """Slots live in each round, counted from the tree (a path is live from its start to its end)."""
+    return [sum(p.started <= n <= p.ended for p in result.paths) for n in range(result.rounds)]
+
+
+def test_compaction_gives_the_same_trees_on_fewer_rows(qwen3, tokenizer):
+    sampler = sampler_for(qwen3, tokenizer)
+    pruning = dataclasses.replace(SMALL, tau=0.3, max_steps=5)
+    for cfg in (SMALL, pruning):
+        packed = cat.search(sampler, prompts(tokenizer), cfg, temperature=1.0, seed=2)
+        full = cat.search(sampler, prompts(tokenizer), cfg, temperature=1.0, seed=2, compact=False)
+        for a, b in zip(packed, full):
+            assert [(p.id, p.parent, p.started, p.tokens, p.status) for p in a.paths] == \
+                [(p.id, p.parent, p.started, p.tokens, p.status) for p in b.paths]
+            np.testing.assert_allclose([p.confidence for p in a.paths], [p.confidence for p in b.paths], atol=1e-5)
+            assert a.answer == b.answer
+        total = 2 * SMALL.width * SMALL.branch
+        assert full[0].batch_rows == [total] * full[0].rounds
+        live = np.sum([live_per_round(r) for r in packed], axis=0)
+        assert (np.array(packed[0].batch_rows) >= live).all()  # every live slot had a row
+        assert packed[0].batch_rows[0] == 6 < total  # round 0: min(B, K) = 3 live slots per question
+        assert packed[0].row_steps < full[0].row_steps
+    assert any(p.status == "pruned" for r in packed for p in r.paths)
+
+
+def test_bucket_sizes():
+    # 24, 18, 14, 11, 8, 6, 5, 4, 3, 2, 2, 2, 1
+    assert [cat.bucket(n, 24) for n in (1, 3, 4, 6, 7, 12, 15, 19, 24)] == [1, 3, 4, 6, 8, 14, 18, 24, 24]
+    assert [cat.bucket(n, 24, 8) for n in (1, 8, 9, 17)] == [8, 8, 16, 24]
+    assert cat.bucket(4, 24, shrink=0.5) == 6
+
+
+def test_adaptive_branching_spends_new_paths_on_unsure_steps(qwen3, tokenizer):
+    sampler = sampler_for(qwen3, tokenizer)
+    cfg = dataclasses.replace(SMALL, budget=10, max_steps=5)
+    run = lambda below: cat.search(
+        sampler, prompts(tokenizer), dataclasses.replace(cfg, branch_below=below), temperature=1.0, seed=1
+    )
+    fixed, never, always = run(None), run(0.0), run(2.0)
+    assert [tree(r) for r in always] == [tree(r) for r in fixed]
+    for r in never:  # nothing below 0: only the root's min(B, K) paths
+        assert len(r.paths) == SMALL.branch and all(p.parent is None for p in r.paths)
+    steps = [c for r in fixed for p in r.paths for c in p.step_confidence]
+    below = float(np.median(steps))
+    adaptive = run(below)
+    branched = [(r, p) for r in adaptive for p in r.paths if p.parent is not None]
+    assert branched
+    for r, p in branched:  # a new path starts only under a parent whose last step was unsure
+        assert r.paths[p.parent].step_confidence[p.started - 1] < below

@@ -29,12 +29,14 @@ class Trace:
     confidence: float  # running mean of step confidences
     steps: list[str]
     step_confidence: list[float]
+    status: str = "finished"  # CaT's path status ('finished' | 'pruned' | 'dropped' | 'unfinished')
 
 
 @dataclasses.dataclass
 class Decision:
     traces: list[Trace]
     chosen: int | None  # index of the trace whose answer is the method's answer, None: no answer
+    row_steps: int = 0  # compute of the batch this question ran in: decoded rows * decode iterations
 
     @property
     def answer(self) -> str | None:
@@ -82,7 +84,12 @@ def greedy(sampler: Sampler, prompts: list[list[int]], cfg, pieces: Sequence[str
     """One greedy chain of thought per prompt."""
     sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=0.0)
     out = sampler.generate(prompts, sampling, seed=cfg.seed)
-    return [Decision([t], 0) for t in traces(sampler, out, pieces, cfg.step_splitter, cfg.signal)]
+    return [Decision([t], 0, row_steps(out)) for t in traces(sampler, out, pieces, cfg.step_splitter, cfg.signal)]
+
+
+def row_steps(out: SampleOutput) -> int:
+    """A one-decode batch's compute: every row runs until the longest one ends."""
+    return int(len(out.lengths) * max(int(np.max(out.lengths, initial=0)), 1))
 
 
 def self_consistency(sampler: Sampler, prompts: list[list[int]], cfg, pieces: Sequence[str]) -> list[Decision]:
@@ -95,7 +102,7 @@ def self_consistency(sampler: Sampler, prompts: list[list[int]], cfg, pieces: Se
     for q in range(len(prompts)):
         group = every[q * cfg.k : (q + 1) * cfg.k]
         chosen = metrics.majority_vote([t.answer for t in group], equivalent_answers)
-        decisions.append(Decision(group, chosen))
+        decisions.append(Decision(group, chosen, row_steps(out)))
     return decisions
 
 
@@ -111,7 +118,7 @@ def deepconf_online(sampler: Sampler, prompts: list[list[int]], cfg, pieces: Seq
         rows = range(q * cfg.k, (q + 1) * cfg.k)
         answers = [every[r].answer if result.voting[r] else None for r in rows]
         chosen = metrics.majority_vote(answers, equivalent_answers, [result.lowest[r] for r in rows])
-        decisions.append(Decision(every[q * cfg.k : (q + 1) * cfg.k], chosen))
+        decisions.append(Decision(every[q * cfg.k : (q + 1) * cfg.k], chosen, result.row_steps))
     return decisions
 
 
@@ -125,7 +132,8 @@ def confidence_tree(sampler: Sampler, prompts: list[list[int]], cfg, pieces: Seq
     )
     return [
         Decision(
-            [Trace(p.text, p.answer, p.own_tokens, p.confidence, p.steps, p.step_confidence) for p in r.paths], r.chosen
+            [Trace(p.text, p.answer, p.own_tokens, p.confidence, p.steps, p.step_confidence, p.status) for p in r.paths],
+            r.chosen, r.row_steps,
         )
         for r in results
     ]

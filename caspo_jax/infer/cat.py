@@ -1,18 +1,30 @@
 """CaT (Confidence-aware Thought): a step-level tree search whose pruning and ranking run on device.
 
-Each question owns R = W * B slots (rows of one shared KV cache; questions are batched, rows
-question-major). A round extends every live slot by one step with one jitted `decoding.decode`
-(until_step_end) from the cache and logits the previous round left, so shared prefixes are never
-prefilled again. The same call scores the step: step confidence is the mean token confidence over
-the step's tokens, path confidence folds it in (`confidence.path_update`: running mean, min or
-product). Then, still on device (`_select`): paths that ended with EOS are finished, paths below tau
-are pruned, the top W remaining paths survive (`lax.top_k`) and each is repeated B times into the
-next round's slots: the cache rows, logits, path state and ids are gathered with one index array.
-The first child of a survivor continues its path, the others start new paths, and no more than
+Each question owns R = W * B logical slots (questions batched, slots question-major: slot q * R + s).
+A round extends every live slot by one step with one jitted `decoding.decode` (until_step_end) from
+the cache and logits the previous round left, so shared prefixes are never prefilled again. The same
+call scores the step: step confidence is the mean token confidence over the step's tokens, path
+confidence folds it in (`confidence.path_update`: running mean, min or product). Then, still on
+device (`_select`): paths that ended with EOS are finished, paths below tau are pruned, the top W
+remaining paths survive (`lax.top_k`) and each is repeated B times into the next round's slots. The
+first child of a survivor continues its path, the others start new paths (adaptive branching:
+only survivors whose last step confidence is below `branch_below` start new ones), and no more than
 budget (K) paths per question are ever started; an optional token budget stops a question before a
-round could exceed it. The host reads one scalar per round (is any slot live?) and the round
-records once at the end, from which it builds each question's tree and its answer: a
-confidence-weighted vote over finished paths, or the best one.
+round could exceed it.
+
+Compaction. Slots are bookkeeping ([QR] arrays); the KV cache and logits live in a batch of `rows`
+physical rows. Before each round `_regroup` (one jitted gather, `jnp.take` on the cache rows) packs
+the live slots of every question in flight into the first rows of a batch whose size is the
+smallest static bucket (QR, 3/4 QR, 9/16 QR, ... rounded to the mesh's batch shards) that holds them, so
+pruned, finished and dropped paths stop costing compute and the batch shrinks with them. Each slot
+keeps `source`, the row of the previous batch that holds its cache; each row knows its slot
+(`slot_of_row`, QR for an empty padding row) and draws its random numbers from its slot id, so a
+search with compaction samples exactly what it samples without. The round's outputs are scattered
+back to slots for the record. The host reads one scalar per round (how many slots are live next:
+it picks the next bucket, 0 ends the search) and the round records once at the end, from which it
+builds each question's tree and its answer: a confidence-weighted vote over finished paths, or the
+best one. (Admitting new questions into freed rows mid-search would need a cache whose write slot
+is per row; `model/cache.py` shares one `end` per batch, so questions in flight are a batch.)
 
     result = search(sampler, [prompt_ids], CaTConfig(width=2, branch=3, budget=10), temperature=0.7)[0]
     result.answer, [(p.status, p.confidence, p.steps) for p in result.paths]
@@ -22,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 from typing import NamedTuple, Sequence
 
@@ -59,19 +72,20 @@ class SearchShape(NamedTuple):
 
 @flax.struct.dataclass
 class Slots:
-    """Search state per row (Q questions * R slots) and per question."""
+    """Search state per slot (Q questions * R slots) and per question."""
 
     live: Array  # [QR] bool: the slot extends a path this round
     path: Array  # [QR] int32: the path the slot extends (numbered per question)
     parent: Array  # [QR] int32: the path it branched from (== path when it continues one, -1: the root)
     state: confidence.PathState  # [QR] running path confidence
+    source: Array  # [QR] int32: the row of the current batch that holds the slot's cache and logits
     started: Array  # [Q] int32 paths started
     spent: Array  # [Q] int32 tokens generated
     round: Array  # [] int32
 
 
 class Record(NamedTuple):
-    """What one round did, per row (kept on device until the search ends)."""
+    """What one round did, per slot (kept on device until the search ends)."""
 
     live: Array  # [QR] bool
     path: Array  # [QR] int32
@@ -89,6 +103,7 @@ class Limits:
     tau: Array  # [] f32
     budget: Array  # [] int32 paths per question
     max_tokens: Array  # [] int32 tokens per question (0: none)
+    branch_below: Array  # [] f32: only survivors whose last step confidence is below it branch (inf: all)
 
 
 def init_slots(questions: int, real: int, shape: SearchShape, budget: int) -> Slots:
@@ -99,23 +114,73 @@ def init_slots(questions: int, real: int, shape: SearchShape, budget: int) -> Sl
     zeros = np.zeros(live.shape, np.int32)
     return Slots(
         live=live, path=np.tile(np.arange(shape.slots, dtype=np.int32), questions), parent=zeros - 1,
-        state=confidence.PathState(zeros.astype(np.float32), zeros), started=np.full((questions,), first, np.int32),
-        spent=np.zeros((questions,), np.int32), round=np.zeros((), np.int32),
+        state=confidence.PathState(zeros.astype(np.float32), zeros), source=np.arange(live.size, dtype=np.int32),
+        started=np.full((questions,), first, np.int32), spent=np.zeros((questions,), np.int32),
+        round=np.zeros((), np.int32),
     )
 
 
+def bucket(live: int, total: int, multiple: int = 1, shrink: float = 0.75) -> int:
+    """Batch rows for `live` live slots out of `total`: the smallest of total, total * shrink,
+    total * shrink^2, ... (each rounded up to a multiple of `multiple`) that holds them; a short
+    ladder of static sizes bounds recompiles and wastes at most 1/shrink - 1 of a batch."""
+    best, raw = total, float(total)
+    while raw >= 1:
+        raw *= shrink
+        size = math.ceil(math.ceil(raw) / multiple) * multiple
+        if size < live:
+            break
+        best = min(best, size)
+    return best
+
+
+def _slot_ids(slot_of_row: Array, total: int) -> Array:
+    """[rows] slot of each row, padding rows (== total) clamped to a valid index."""
+    return jnp.minimum(slot_of_row, total - 1)
+
+
+def _to_slots(x: Array, slot_of_row: Array, total: int) -> Array:
+    """x: [rows, ...] per batch row -> [QR, ...] per slot (zeros for slots no row serves)."""
+    if x.shape[0] == total:  # the uncompacted batch: row i serves slot i
+        return x
+    return jnp.zeros((total, *x.shape[1:]), x.dtype).at[slot_of_row].set(x, mode="drop")
+
+
+@functools.partial(jax.jit, static_argnames=("rows", "mesh"))
+def _regroup(
+    cache: kv.KVCache, logits: Array, slots: Slots, *, rows: int, mesh: Mesh | None = None
+) -> tuple[kv.KVCache, Array, Array]:
+    """Packs the live slots into a batch of `rows` rows (rows == QR: slot i in row i) with one gather.
+    cache, logits: [rows_before, ...] -> (cache, logits [rows, V], slot_of_row [rows] int32: the slot
+    each row serves, QR for an empty row). Needs rows >= the number of live slots."""
+    total = slots.live.shape[0]
+    if rows == total:
+        slot_of_row = jnp.arange(total, dtype=jnp.int32)
+    else:
+        order = jnp.argsort(~slots.live, stable=True)[:rows].astype(jnp.int32)  # live slots first, in order
+        slot_of_row = jnp.where(slots.live[order], order, total)
+    index = slots.source[_slot_ids(slot_of_row, total)]
+    cache = decoding.constrain_cache(kv.gather_rows(cache, index), mesh)
+    logits = decoding.constrain(jnp.take(logits, index, axis=0), ("batch", "vocab"), mesh)
+    return cache, logits, decoding.constrain(slot_of_row, ("batch",), mesh)
+
+
 def _select(slots: Slots, record: Record, limits: Limits, shape: SearchShape) -> tuple[Slots, Array]:
-    """Survivors -> next round's slots. Returns (slots, src [QR] int32: the row each slot copies)."""
+    """Survivors -> next round's slots. Returns (slots, src [QR] int32: the slot each slot copies);
+    `source` is left for the caller (it maps slots to batch rows)."""
     w, b, r = shape.width, shape.branch, shape.slots
     q = slots.started.shape[0]
     going = (slots.live & ~record.finished & ~record.pruned).reshape(q, r)
     score = jnp.where(going, record.path_conf.reshape(q, r), -jnp.inf)
     _, best = jax.lax.top_k(score, w)  # [Q, W] slot of each survivor, best first
     ok = jnp.take_along_axis(going, best, axis=1)  # [Q, W]; valid survivors come first
-    survivors = jnp.sum(ok, axis=1, dtype=jnp.int32)  # [Q]
+    step_conf = jnp.take_along_axis(record.step_conf.reshape(q, r), best, axis=1)
+    branching = ok & (step_conf < limits.branch_below)  # [Q, W] survivors that may start new paths
+    order = jnp.cumsum(branching, axis=1, dtype=jnp.int32) - 1  # index among the branching survivors
+    count = jnp.sum(branching, axis=1, dtype=jnp.int32)  # [Q]
     j, c = jnp.arange(r) // b, jnp.arange(r) % b  # survivor and child of each slot
-    rank = (c - 1)[None, :] * survivors[:, None] + j[None, :]  # new paths round-robin over survivors
-    new = (c >= 1)[None, :] & ok[:, j] & (rank < (limits.budget - slots.started)[:, None])
+    rank = (c - 1)[None, :] * count[:, None] + order[:, j]  # new paths round-robin over branching survivors
+    new = (c >= 1)[None, :] & branching[:, j] & (rank < (limits.budget - slots.started)[:, None])
     live = ok[:, j] & ((c == 0)[None, :] | new)  # [Q, R]
     spent = slots.spent + jnp.sum(jnp.where(record.live, record.lengths, 0).reshape(q, r), axis=1)
     affordable = spent + jnp.sum(live, axis=1) * shape.step_tokens <= limits.max_tokens
@@ -125,37 +190,41 @@ def _select(slots: Slots, record: Record, limits: Limits, shape: SearchShape) ->
     path = jnp.where((c == 0)[None, :], parent_path.reshape(q, r), slots.started[:, None] + rank)
     state = jax.tree.map(lambda x: x[src], slots.state)
     started = slots.started + jnp.sum(live & (c >= 1)[None, :], axis=1, dtype=jnp.int32)
-    return Slots(live.reshape(-1), path.reshape(-1), parent_path, state, started, spent, slots.round + 1), src
+    nxt = Slots(live.reshape(-1), path.reshape(-1), parent_path, state, slots.source, started, spent, slots.round + 1)
+    return nxt, src
 
 
 @functools.partial(
     jax.jit, static_argnames=("model", "plan", "shape", "mesh"), donate_argnames=("cache", "logits")
 )
 def search_round(
-    params: dict, cache: kv.KVCache, logits: Array, slots: Slots, knobs: decoding.Knobs, limits: Limits,
-    table: stops_lib.StopTable, *, model: ModelConfig, plan: decoding.DecodePlan, shape: SearchShape,
-    mesh: Mesh | None = None,
+    params: dict, cache: kv.KVCache, logits: Array, slot_of_row: Array, slots: Slots, knobs: decoding.Knobs,
+    limits: Limits, table: stops_lib.StopTable, *, model: ModelConfig, plan: decoding.DecodePlan,
+    shape: SearchShape, mesh: Mesh | None = None,
 ) -> tuple[kv.KVCache, Array, Slots, Record, Array]:
-    """One round for all rows: extend live slots by a step, score, prune, rank, branch.
-    logits: [QR, V]. Returns (cache, logits and slots for the next round, this round's record,
-    [] bool: any slot live next round)."""
-    eos = jax.nn.one_hot(knobs.eos[0], logits.shape[-1], dtype=bool)  # dead slots end at once
-    logits = jnp.where(slots.live[:, None] | (knobs.eos[0] < 0), logits, jnp.where(eos, 0.0, -jnp.inf))
+    """One round for every row of the batch (`_regroup`'s output): extend live slots by a step,
+    score, prune, rank, branch. cache, logits [rows, V], slot_of_row [rows]: the batch; slots: [QR].
+    Returns (cache and logits [rows, V] after each row's step, the next round's slots (their `source`
+    indexes these rows), this round's record per slot, [] int32: slots live next round)."""
+    total = slots.live.shape[0]
+    ids = _slot_ids(slot_of_row, total)
+    row_live = (slot_of_row < total) & slots.live[ids]
+    eos = jax.nn.one_hot(knobs.eos[0], logits.shape[-1], dtype=bool)  # dead rows end at once
+    logits = jnp.where(row_live[:, None] | (knobs.eos[0] < 0), logits, jnp.where(eos, 0.0, -jnp.inf))
     seed = jax.random.bits(jax.random.fold_in(jax.random.key(knobs.seed), slots.round), dtype=jnp.uint32)
-    knobs = knobs.replace(seed=jax.lax.bitcast_convert_type(seed, jnp.int32))
+    knobs = knobs.replace(seed=jax.lax.bitcast_convert_type(seed, jnp.int32), rows=ids)  # a slot's own stream
     out, cache, logits = decoding.decode(params, cache, logits, knobs, table, model=model, plan=plan, mesh=mesh)
     in_step = jnp.arange(plan.max_new_tokens)[None, :] < out.lengths[:, None]
-    step_conf = confidence.span_mean(getattr(out.signals, shape.signal), in_step)
+    step_conf = _to_slots(confidence.span_mean(getattr(out.signals, shape.signal), in_step), slot_of_row, total)
+    tokens, lengths, finish = (_to_slots(x, slot_of_row, total) for x in (out.tokens, out.lengths, out.finish))
     state = confidence.path_update(slots.state, step_conf, shape.aggregation, active=slots.live)
     pruned = slots.live & (state.value < limits.tau)
-    finished = slots.live & ~pruned & (out.finish == decoding.FINISH_EOS)
-    record = Record(
-        slots.live, slots.path, slots.parent, out.tokens, out.lengths, step_conf, state.value, finished, pruned
-    )
+    finished = slots.live & ~pruned & (finish == decoding.FINISH_EOS)
+    record = Record(slots.live, slots.path, slots.parent, tokens, lengths, step_conf, state.value, finished, pruned)
     nxt, src = _select(slots.replace(state=state), record, limits, shape)
-    cache = decoding.constrain_cache(kv.gather_rows(cache, src), mesh)
-    logits = decoding.constrain(logits[src], ("batch", "vocab"), mesh)
-    return cache, logits, nxt, record, jnp.any(nxt.live)
+    row_of_slot = _to_slots(jnp.arange(slot_of_row.shape[0], dtype=jnp.int32), slot_of_row, total)
+    nxt = nxt.replace(source=row_of_slot[src])
+    return cache, logits, nxt, record, jnp.sum(nxt.live, dtype=jnp.int32)
 
 
 @dataclasses.dataclass
@@ -179,7 +248,9 @@ class Path:
 @dataclasses.dataclass
 class CaTResult:
     """One question: the answer, the path that gives it, every path, tokens generated, wall seconds
-    (the batch's time divided by its questions) and rounds run."""
+    (the batch's time divided by its questions) and rounds run. batch_rows: the rows the batch this
+    question ran in computed in each round (with compaction they shrink as paths end); row_steps:
+    sum over rounds of rows * decode iterations, the batch's compute in row-tokens."""
 
     answer: str | None
     chosen: int | None  # index into paths
@@ -187,6 +258,8 @@ class CaTResult:
     tokens: int
     seconds: float
     rounds: int
+    batch_rows: list[int] = dataclasses.field(default_factory=list)
+    row_steps: int = 0
 
 
 def _tree(records: list[Record], row0: int, r: int, tokenizer) -> list[Path]:
@@ -251,8 +324,10 @@ def _fetch(x: Array) -> np.ndarray:
 def search(
     sampler: Sampler, prompts: Sequence[Sequence[int]], cfg: CaTConfig, *, temperature: float = 0.7,
     top_p: float = 1.0, step_delimiter: str = "\n\n", signal: str = "entropy_conf", seed: int = 0,
+    compact: bool = True,
 ) -> list[CaTResult]:
-    """CaT for a batch of prompts (token ids) -> one CaTResult per prompt."""
+    """CaT for a batch of prompts (token ids) -> one CaTResult per prompt. compact=False keeps every
+    slot in its own row every round (the same results, more compute)."""
     began = time.perf_counter()
     shape = SearchShape(cfg.width, cfg.branch, cfg.path_aggregation, signal, cfg.step_tokens)
     sampling = SamplingConfig(
@@ -261,7 +336,8 @@ def search(
     )
     r = shape.slots
     tokens, mask = sampler.left_pad(prompts, cfg.max_steps * cfg.step_tokens, r)
-    rows = tokens.shape[0] * r
+    total = tokens.shape[0] * r
+    shards = 1 if sampler.mesh is None else sampler.mesh.shape["data"] * sampler.mesh.shape["fsdp"]
     batch, whole = _placement(sampler.mesh)
     cache, logits = decoding.prefill(
         sampler.params, batch(tokens), batch(mask), model=sampler.model, num_samples=r,
@@ -270,30 +346,39 @@ def search(
     knobs = decoding.Knobs(
         temperature=whole(np.float32(temperature or 1.0)), top_p=whole(np.float32(top_p)),
         eos=whole(np.asarray(sampler.eos_token_ids or (-1,), np.int32)), pad=whole(np.int32(sampler.pad_token_id)),
-        seed=whole(np.int32(seed)), rows=batch(np.arange(rows, dtype=np.int32)),
+        seed=whole(np.int32(seed)), rows=batch(np.arange(total, dtype=np.int32)),
     )
-    limits = jax.tree.map(whole, Limits(np.float32(cfg.tau), np.int32(cfg.budget), np.int32(cfg.max_tokens)))
+    below = np.inf if cfg.branch_below is None else cfg.branch_below
+    limits = jax.tree.map(
+        whole, Limits(np.float32(cfg.tau), np.int32(cfg.budget), np.int32(cfg.max_tokens), np.float32(below))
+    )
     slots = init_slots(tokens.shape[0], len(prompts), shape, cfg.budget)
-    slots = jax.tree.map(lambda x: batch(x) if x.shape[:1] == (rows,) else whole(x), slots)
+    live = int(slots.live.sum())
+    slots = jax.tree.map(lambda x: batch(x) if x.shape[:1] == (total,) else whole(x), slots)
     table = sampler.table(sampling.strings)
-    records = []
+    records, batch_rows = [], []
     for _ in range(cfg.max_steps):
-        cache, logits, slots, record, any_live = search_round(
-            sampler.params, cache, logits, slots, knobs, limits, table,
+        rows = bucket(live, total, shards) if compact else total
+        cache, logits, slot_of_row = _regroup(cache, logits, slots, rows=rows, mesh=sampler.mesh)
+        cache, logits, slots, record, live_next = search_round(
+            sampler.params, cache, logits, slot_of_row, slots, knobs, limits, table,
             model=sampler.model, plan=sampling.plan(), shape=shape, mesh=sampler.mesh,
         )
         records.append(record)
-        if not _fetch(any_live):  # the one read per round
+        batch_rows.append(rows)
+        live = int(_fetch(live_next))  # the one read per round
+        if not live:
             break
     records = [Record(*(_fetch(x) for x in rec)) for rec in records]
     seconds = (time.perf_counter() - began) / len(prompts)
+    row_steps = sum(n * int(max(rec.lengths[rec.live].max(initial=0), 1)) for n, rec in zip(batch_rows, records))
     results = []
     for q in range(len(prompts)):
         paths = _tree(records, q * r, r, sampler.tokenizer)
         chosen = choose(paths, cfg.answer)
         answer = None if chosen is None else paths[chosen].answer
         spent = sum(p.own_tokens for p in paths)
-        results.append(CaTResult(answer, chosen, paths, spent, seconds, len(records)))
+        results.append(CaTResult(answer, chosen, paths, spent, seconds, len(records), batch_rows, row_steps))
     return results
 
 

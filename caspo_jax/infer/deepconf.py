@@ -28,6 +28,7 @@ class DeepConfOutput(NamedTuple):
     lowest: np.ndarray  # [P * K] f32 lowest group confidence of each trace
     voting: np.ndarray  # [P * K] bool: warm-up or completed (not stopped for low confidence)
     threshold: np.ndarray  # [P] f32
+    row_steps: int = 0  # decoded rows * decode iterations over both decodes (compute)
 
 
 def lowest_group_confidence(conf: np.ndarray, length: int, window: int) -> float:
@@ -70,7 +71,8 @@ def generate(
     output = jax.tree.map(merge, warm, rest) if rest is not None else warm
     stopped = output.finish == decoding.FINISH_LOW_CONFIDENCE
     lowest = np.concatenate([lowest_warm, lowest_rest], axis=1).reshape(-1)
-    return DeepConfOutput(output, lowest.astype(np.float32), ~stopped, threshold)
+    steps = sum(len(o.lengths) * max(int(np.max(o.lengths, initial=0)), 1) for o in (warm, rest) if o is not None)
+    return DeepConfOutput(output, lowest.astype(np.float32), ~stopped, threshold, steps)
 
 
 def _stopping_decode(
