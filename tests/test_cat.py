@@ -235,3 +235,13 @@ def test_adaptive_branching_spends_new_paths_on_unsure_steps(qwen3, tokenizer):
     assert branched
     for r, p in branched:  # a new path starts only under a parent whose last step was unsure
         assert r.paths[p.parent].step_confidence[p.started - 1] < below
+
+
+def test_pruning_never_abandons_a_question(qwen3, tokenizer):
+    sampler = sampler_for(qwen3, tokenizer)
+    everything_below = dataclasses.replace(SMALL, tau=2.0, max_steps=5)  # confidences are <= 1
+    for result in cat.search(sampler, prompts(tokenizer), everything_below, temperature=1.0, seed=1):
+        kept = [p for p in result.paths if p.status != "pruned"]
+        assert len(kept) == 1 and kept[0].status in ("finished", "unfinished")  # one path carried to the end
+        assert kept[0].ended == result.rounds - 1 or kept[0].status == "finished"
+        assert all(p.ended <= kept[0].ended for p in result.paths)

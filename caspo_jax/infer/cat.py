@@ -5,8 +5,10 @@ A round extends every live slot by one step with one jitted `decoding.decode` (u
 the cache and logits the previous round left, so shared prefixes are never prefilled again. The same
 call scores the step: step confidence is the mean token confidence over the step's tokens, path
 confidence folds it in (`confidence.path_update`: running mean, min or product). Then, still on
-device (`_select`): paths that ended with EOS are finished, paths below tau are pruned, the top W
-remaining paths survive (`lax.top_k`) and each is repeated B times into the next round's slots. The
+device (`_select`): paths that ended with EOS are finished, paths below tau are pruned (a question
+whose live paths are all below tau keeps its best one: pruning thins a tree, it never abandons a
+question), the top W remaining paths survive (`lax.top_k`) and each is repeated B times into the
+next round's slots. The
 first child of a survivor continues its path, the others start new paths (adaptive branching:
 only survivors whose last step confidence is below `branch_below` start new ones), and no more than
 budget (K) paths per question are ever started; an optional token budget stops a question before a
@@ -194,6 +196,16 @@ def _select(slots: Slots, record: Record, limits: Limits, shape: SearchShape) ->
     return nxt, src
 
 
+def _prune(live: Array, path_conf: Array, tau: Array, r: int) -> Array:
+    """[QR] bool: live paths below tau, except a question's most confident live path when all of its
+    live paths are below: pruning thins a question's tree, it never abandons the question."""
+    below = (live & (path_conf < tau)).reshape(-1, r)
+    score = jnp.where(live, path_conf, -jnp.inf).reshape(-1, r)
+    best = jnp.arange(r)[None, :] == jnp.argmax(score, axis=1)[:, None]  # [Q, R]
+    all_below = jnp.all(below | ~live.reshape(-1, r), axis=1, keepdims=True)
+    return (below & ~(best & all_below)).reshape(-1)
+
+
 @functools.partial(
     jax.jit, static_argnames=("model", "plan", "shape", "mesh"), donate_argnames=("cache", "logits")
 )
@@ -218,7 +230,7 @@ def search_round(
     step_conf = _to_slots(confidence.span_mean(getattr(out.signals, shape.signal), in_step), slot_of_row, total)
     tokens, lengths, finish = (_to_slots(x, slot_of_row, total) for x in (out.tokens, out.lengths, out.finish))
     state = confidence.path_update(slots.state, step_conf, shape.aggregation, active=slots.live)
-    pruned = slots.live & (state.value < limits.tau)
+    pruned = _prune(slots.live, state.value, limits.tau, shape.slots)
     finished = slots.live & ~pruned & (finish == decoding.FINISH_EOS)
     record = Record(slots.live, slots.path, slots.parent, tokens, lengths, step_conf, state.value, finished, pruned)
     nxt, src = _select(slots.replace(state=state), record, limits, shape)
