@@ -106,3 +106,17 @@ def save_tokenizer(path: Path, kind: str = "char") -> Path:
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(path)
     return path
+
+
+def write_addition_pairs(path: Path, n: int, seed: int = 0) -> Path:
+    """n DPO pair records ("Q: a + b?" -> the worked sum, against a wrong bare number) as JSON lines."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, b = rng.randint(1, 9), rng.randint(1, 99)
+        rows.append({"prompt": f"Q: {a} + {b}?\n", "chosen": f"{a} + {b} = {a + b}\n\n", "rejected": f"{a + b - 1}\n"})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

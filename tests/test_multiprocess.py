@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import socket
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from caspo_jax.data import pipeline
-from hf_models import save_hf_model, save_tokenizer
+from hf_models import save_hf_model, save_tokenizer, write_addition_pairs
 
 WORKER = Path(__file__).with_name("multiprocess_worker.py")
 TOTAL_DEVICES = 8
@@ -36,13 +35,7 @@ def inputs(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("multiprocess")
     model = save_hf_model("qwen3", root / "model")
     save_tokenizer(model, "char")
-    rng = random.Random(0)
-    rows = []
-    for _ in range(8):
-        a, b = rng.randint(1, 9), rng.randint(1, 99)
-        rows.append({"prompt": f"Q: {a} + {b}?\n", "chosen": f"{a} + {b} = {a + b}\n\n", "rejected": f"{a + b - 1}\n"})
-    pairs = root / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pairs = write_addition_pairs(root / "pairs.jsonl", 8)
     return {"model": str(model), "pairs": str(pairs)}
 
 

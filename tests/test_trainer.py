@@ -1,7 +1,6 @@
 """The training loop as a user runs it: `caspo-jax dpo`, killed and resumed, diverging, given bad input."""
 
 import json
-import random
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import torch
 import transformers
 
 from caspo_jax.cli import main
-from hf_models import save_hf_model, save_tokenizer
+from hf_models import save_hf_model, save_tokenizer, write_addition_pairs
 
 ARGS = ["max_steps=40", "save_every=4", "keep_checkpoints=2", "log_every=2", "batch_size=4", "optim.learning_rate=1e-3"]
 
@@ -23,13 +22,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("trainer")
     model = save_hf_model("llama", root / "model")
     save_tokenizer(model, "char")
-    rng = random.Random(0)
-    rows = []
-    for _ in range(24):
-        a, b = rng.randint(1, 9), rng.randint(1, 99)
-        rows.append({"prompt": f"Q: {a} + {b}?\n", "chosen": f"{a} + {b} = {a + b}\n\n", "rejected": f"{a + b - 1}\n"})
-    pairs = root / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pairs = write_addition_pairs(root / "pairs.jsonl", 24)
     return model, pairs
 
 

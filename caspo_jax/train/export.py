@@ -203,7 +203,7 @@ def export(
     original = json.loads((model_dir / "config.json").read_text())
     try:
         hf.save(staging, config, params, tokenizer_dir=model_dir, dtype=dtype, extra_config=original)
-        if jax.process_index() == 0:
+        if files.is_primary():
             source = Path(checkpoints.parent.name, checkpoints.name, str(step))
             card = model_card(
                 train_config, step=step, base_model=base_model or str(model_dir), source=source, dtype=dtype,

@@ -60,7 +60,7 @@ def train(
         latest = checkpoints.latest_step()
         if latest is not None and not resume:
             raise ValueError(f"{out} already holds checkpoints up to step {latest}: pass --resume, or another --out")
-        if jax.process_index() == 0:  # the base model of this run, for `caspo-jax export`
+        if files.is_primary():  # the base model of this run, for `caspo-jax export`
             files.write_text(out / "run.json", json.dumps({"model_dir": str(model_dir.absolute())}, indent=2) + "\n")
         model_config, params = hf.load(model_dir, dtype=config.param_dtype, mesh=mesh)
         total = pipeline.steps_per_run(len(examples), config.batch_size, config.epochs, config.max_steps)
