@@ -183,6 +183,14 @@ def test_block_searches_and_draws_match_numpy_over_several_blocks():
     values, ids = sampling.top_k(jnp.asarray(x), 20)
     np.testing.assert_array_equal(np.asarray(values), -np.sort(-x, axis=-1)[:, :20])
     np.testing.assert_array_equal(np.take_along_axis(x, np.asarray(ids), -1), np.asarray(values))
+    chosen = rng.randint(0, 1000, (4, 3))
+    np.testing.assert_array_equal(  # one id per row, or several: [B, V] or [B, 1, V] logits
+        np.asarray(sampling.pick(jnp.asarray(x)[:, None], jnp.asarray(chosen[:, :1]))), x[np.arange(4), chosen[:, 0]][:, None]
+    )
+    np.testing.assert_array_equal(
+        np.asarray(sampling.pick(jnp.asarray(np.repeat(x[:, None], 3, 1)), jnp.asarray(chosen))),
+        np.take_along_axis(x, chosen, -1),
+    )
 
     logits = 2.0 * rng.randn(300)
     draws = 4000
@@ -345,9 +353,9 @@ def test_sharded_generation_equals_single_device(models, tokenizers, tmp_path):
     prompts = random_prompts([3, 9, 14, 5, 7, 21, 2, 11], seed=12)
     single = Sampler(config, params, tokenizers["char"])
     sharded = Sampler(config, sharded_params, tokenizers["char"], mesh=mesh)
-    for sampling in (GREEDY, SamplingConfig(max_new_tokens=NEW, temperature=0.8, top_p=0.9, stop_strings=("e",))):
-        expected = single.generate(prompts, sampling, seed=13)
-        got = sharded.generate(prompts, sampling, seed=13)
+    for config_ in (GREEDY, SamplingConfig(max_new_tokens=NEW, temperature=0.8, top_p=0.9, stop_strings=("e",))):
+        expected = single.generate(prompts, config_, seed=13)
+        got = sharded.generate(prompts, config_, seed=13)
         np.testing.assert_array_equal(got.tokens, expected.tokens)
         np.testing.assert_array_equal(got.lengths, expected.lengths)
         np.testing.assert_allclose(got.signals.entropy_conf, expected.signals.entropy_conf, atol=1e-5)

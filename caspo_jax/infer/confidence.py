@@ -80,7 +80,7 @@ def token_signals(logits: jax.Array, tokens: jax.Array | None = None, k: int = D
     x, shift, log_z, entropy = _moments(logits)
     token_logprob = None
     if tokens is not None:
-        picked = jnp.take_along_axis(x, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
+        picked = sampling.pick(x, tokens)
         token_logprob = picked - shift - log_z
     return TokenSignals(
         entropy=entropy,

@@ -119,7 +119,7 @@ def prefill(
 @flax.struct.dataclass
 class _Carry:
     step: Array  # [] int32
-    cache: kv.KVCache
+    cache: kv.LayerCache
     logits: Array  # [B, V] next-token logits
     recent: Array | None  # [B, P] last generated characters (None without strings)
     done: Array  # [B] bool
@@ -147,7 +147,7 @@ def _empty_output(b: int, plan: DecodePlan, mesh: Mesh | None) -> SampleOutput:
 def _score(logits: Array, tokens: Array, plan: DecodePlan) -> tuple[Array, confidence.TokenSignals | None]:
     """log p(token) [B] and, when plan.signals, the other signals [B] each, from one pass over logits."""
     if not plan.signals:
-        picked = jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0]
+        picked = sampling.pick(logits, tokens)
         return picked - jax.nn.logsumexp(logits, axis=-1), None
     signals = confidence.token_signals(logits, tokens, plan.confidence_k)
     return signals.token_logprob, signals._replace(token_logprob=None)

@@ -35,9 +35,28 @@ def _first_max(x: Array) -> Array:
     return jnp.min(jnp.where(x == jnp.max(x, axis=-1, keepdims=True), ids, x.shape[-1]), axis=-1)
 
 
+def _take_blocks(blocks: Array, block: Array) -> Array:
+    """blocks: [B, nb, BLOCK]; block: [B, n] -> [B, n, BLOCK], row b's blocks block[b].
+
+    A row gather on the [B * nb, BLOCK] view: on CPU several times faster than the equivalent
+    `take_along_axis`, which XLA lowers to a general gather."""
+    b, nb, size = blocks.shape
+    rows = jnp.arange(b, dtype=block.dtype)[:, None] * nb + block
+    # mode="clip": the ids are in range; the default "fill" adds a select over the gathered values.
+    return jnp.take(blocks.reshape(b * nb, size), rows.reshape(-1), axis=0, mode="clip").reshape(b, -1, size)
+
+
 def _take_block(blocks: Array, block: Array) -> Array:
     """blocks: [B, nb, BLOCK]; block: [B] -> [B, BLOCK]."""
-    return jnp.take_along_axis(blocks, block[:, None, None], axis=1)[:, 0]
+    return _take_blocks(blocks, block[:, None])[:, 0]
+
+
+def pick(x: Array, ids: Array) -> Array:
+    """x: [..., V]; ids: [...] int in [0, V) -> [...], x[..., ids] (a gather on the flat view, as
+    `_take_blocks`)."""
+    v = x.shape[-1]
+    flat_ids = jnp.arange(ids.size, dtype=jnp.int32) * v + ids.reshape(-1).astype(jnp.int32)
+    return jnp.take(x.reshape(-1), flat_ids, axis=0, mode="clip").reshape(ids.shape)
 
 
 def argmax(logits: Array) -> Array:
@@ -56,7 +75,7 @@ def top_k(x: Array, k: int) -> tuple[Array, Array]:
     if k * BLOCK >= x.shape[-1] or k > blocks.shape[1]:
         return jax.lax.top_k(x, k)
     _, best = jax.lax.top_k(jnp.max(blocks, axis=-1), k)  # [B, k] block numbers
-    candidates = jnp.take_along_axis(blocks, best[:, :, None], axis=1).reshape(x.shape[0], -1)
+    candidates = _take_blocks(blocks, best).reshape(x.shape[0], -1)
     values, where = jax.lax.top_k(candidates, k)
     ids = jnp.take_along_axis(best, where // BLOCK, axis=1) * BLOCK + where % BLOCK
     return values, ids
@@ -96,7 +115,7 @@ def nucleus_draw(weights: Array, keys: Array, top_p: Array) -> Array:
     def another_round(state: tuple[Array, Array, Array, Array]) -> tuple[Array, Array, Array, Array]:
         floor, token, accepted, round_ = state
         candidate = draw(jnp.where(weights > floor[:, None], weights, 0.0), _uniform(keys, round_))
-        weight = jnp.take_along_axis(weights, candidate[:, None], axis=-1)  # [B, 1]
+        weight = pick(weights, candidate)[:, None]  # [B, 1]
         ahead = jnp.sum(jnp.where(weights > weight, weights, 0.0), axis=-1)
         ok = ~accepted & (ahead < target)
         token = jnp.where(ok, candidate, token)
