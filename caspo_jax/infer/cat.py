@@ -1,8 +1,10 @@
 """CaT (Confidence-aware Thought): a step-level tree search whose pruning and ranking run on device.
 
 Each question owns R = W * B logical slots (questions batched, slots question-major: slot q * R + s).
-A round extends every live slot by one step with one jitted `decoding.decode` (until_step_end) from
-the cache and logits the previous round left, so shared prefixes are never prefilled again. The same
+A round extends every live slot by one step with one jitted `decoding.decode_loop` (until_step_end)
+from the cache and logits the previous round left, so shared prefixes are never prefilled again; the
+cache stays split by layer and the weights stay prepared for decoding from round to round (each is
+done once per search, not once per round). The same
 call scores the step: step confidence is the mean token confidence over the step's tokens, path
 confidence folds it in (`confidence.path_update`: running mean, min or product). Then, still on
 device (`_select`): paths that ended with EOS are finished, paths below tau are pruned (a question
@@ -150,8 +152,8 @@ def _to_slots(x: Array, slot_of_row: Array, total: int) -> Array:
 
 @functools.partial(jax.jit, static_argnames=("rows", "mesh"))
 def _regroup(
-    cache: kv.KVCache, logits: Array, slots: Slots, *, rows: int, mesh: Mesh | None = None
-) -> tuple[kv.KVCache, Array, Array]:
+    cache: kv.LayerCache, logits: Array, slots: Slots, *, rows: int, mesh: Mesh | None = None
+) -> tuple[kv.LayerCache, Array, Array]:
     """Packs the live slots into a batch of `rows` rows (rows == QR: slot i in row i) with one gather.
     cache, logits: [rows_before, ...] -> (cache, logits [rows, V], slot_of_row [rows] int32: the slot
     each row serves, QR for an empty row). Needs rows >= the number of live slots."""
@@ -162,9 +164,14 @@ def _regroup(
         order = jnp.argsort(~slots.live, stable=True)[:rows].astype(jnp.int32)  # live slots first, in order
         slot_of_row = jnp.where(slots.live[order], order, total)
     index = slots.source[_slot_ids(slot_of_row, total)]
-    cache = decoding.constrain_cache(kv.gather_rows(cache, index), mesh)
+    cache = decoding.constrain_layer_cache(kv.gather_layer_rows(cache, index), mesh)
     logits = decoding.constrain(jnp.take(logits, index, axis=0), ("batch", "vocab"), mesh)
     return cache, logits, decoding.constrain(slot_of_row, ("batch",), mesh)
+
+
+@functools.partial(jax.jit, static_argnames=("mesh",))
+def _split_cache(cache: kv.KVCache, *, mesh: Mesh | None = None) -> kv.LayerCache:
+    return decoding.constrain_layer_cache(kv.split_layers(cache), mesh)
 
 
 def _select(slots: Slots, record: Record, limits: Limits, shape: SearchShape) -> tuple[Slots, Array]:
@@ -210,10 +217,10 @@ def _prune(live: Array, path_conf: Array, tau: Array, r: int) -> Array:
     jax.jit, static_argnames=("model", "plan", "shape", "mesh"), donate_argnames=("cache", "logits")
 )
 def search_round(
-    params: dict, cache: kv.KVCache, logits: Array, slot_of_row: Array, slots: Slots, knobs: decoding.Knobs,
+    weights: decoding.DecodeWeights, cache: kv.LayerCache, logits: Array, slot_of_row: Array, slots: Slots, knobs: decoding.Knobs,
     limits: Limits, table: stops_lib.StopTable, *, model: ModelConfig, plan: decoding.DecodePlan,
     shape: SearchShape, mesh: Mesh | None = None,
-) -> tuple[kv.KVCache, Array, Slots, Record, Array]:
+) -> tuple[kv.LayerCache, Array, Slots, Record, Array]:
     """One round for every row of the batch (`_regroup`'s output): extend live slots by a step,
     score, prune, rank, branch. cache, logits [rows, V], slot_of_row [rows]: the batch; slots: [QR].
     Returns (cache and logits [rows, V] after each row's step, the next round's slots (their `source`
@@ -225,7 +232,7 @@ def search_round(
     logits = jnp.where(row_live[:, None] | (knobs.eos[0] < 0), logits, jnp.where(eos, 0.0, -jnp.inf))
     seed = jax.random.bits(jax.random.fold_in(jax.random.key(knobs.seed), slots.round), dtype=jnp.uint32)
     knobs = knobs.replace(seed=jax.lax.bitcast_convert_type(seed, jnp.int32), rows=ids)  # a slot's own stream
-    out, cache, logits = decoding.decode(params, cache, logits, knobs, table, model=model, plan=plan, mesh=mesh)
+    out, cache, logits = decoding.decode_loop(weights, cache, logits, knobs, table, model=model, plan=plan, mesh=mesh)
     in_step = jnp.arange(plan.max_new_tokens)[None, :] < out.lengths[:, None]
     step_conf = _to_slots(confidence.span_mean(getattr(out.signals, shape.signal), in_step), slot_of_row, total)
     tokens, lengths, finish = (_to_slots(x, slot_of_row, total) for x in (out.tokens, out.lengths, out.finish))
@@ -355,6 +362,8 @@ def search(
         sampler.params, batch(tokens), batch(mask), model=sampler.model, num_samples=r,
         cache_length=tokens.shape[1] + cfg.max_steps * cfg.step_tokens, mesh=sampler.mesh,
     )
+    cache = _split_cache(cache, mesh=sampler.mesh)  # split by layer once, for every round
+    weights = decoding.prepare_weights_jit(sampler.params, model=sampler.model)  # once, for every round
     knobs = decoding.Knobs(
         temperature=whole(np.float32(temperature or 1.0)), top_p=whole(np.float32(top_p)),
         eos=whole(np.asarray(sampler.eos_token_ids or (-1,), np.int32)), pad=whole(np.int32(sampler.pad_token_id)),
@@ -373,7 +382,7 @@ def search(
         rows = bucket(live, total, shards) if compact else total
         cache, logits, slot_of_row = _regroup(cache, logits, slots, rows=rows, mesh=sampler.mesh)
         cache, logits, slots, record, live_next = search_round(
-            sampler.params, cache, logits, slot_of_row, slots, knobs, limits, table,
+            weights, cache, logits, slot_of_row, slots, knobs, limits, table,
             model=sampler.model, plan=sampling.plan(), shape=shape, mesh=sampler.mesh,
         )
         records.append(record)

@@ -6,7 +6,9 @@ continuations. `decode` then appends one token per row per iteration until every
 (`cache.decode_layers_step`), sampling (`sampling.py`), confidence signals from the same
 logits (`confidence.token_signals`, no second forward), stop strings and step ends (`stops.py`). The
 cache is donated to `decode` and comes back extended by each row's tokens, so a caller that goes on
-from where a step ended (CaT) keeps it. The host side is `sampler.py`.
+from where a step ended keeps it. `decode` splits the cache by layer and prepares the weights
+(`prepare_weights`) on every call; a caller that decodes round after round (CaT) does both once and
+calls `decode_loop` itself. The host side is `sampler.py`.
 
 Conventions: B rows (prompt-major: row b * n + m is sample m of prompt b), N = max_new_tokens. A row
 ends at EOS, at a stop string, or at the end of its current step when the step delimiter stops rows;
@@ -184,6 +186,25 @@ def _find_strings(
     return out, recent, stopped
 
 
+class DecodeWeights(NamedTuple):
+    """The params as the decode loop reads them (`prepare_weights`): an explicit [D, V] LM head (a
+    tied one transposed once, not once per token) and each layer's weights sliced and concatenated
+    once (`cache.DecodeLayer`)."""
+
+    params: dict  # the model's params plus "lm_head"
+    layers: tuple[kv.DecodeLayer, ...]
+
+
+def prepare_weights(params: dict, model: ModelConfig) -> DecodeWeights:
+    """params -> `DecodeWeights`. A copy of the weights: callers that decode many times from the same
+    params (CaT's rounds) prepare once with the jitted `prepare_weights_jit` and keep it."""
+    params, _ = qwen.untie_head(params, model)
+    return DecodeWeights(params, kv.decode_layers(params, model))
+
+
+prepare_weights_jit = jax.jit(prepare_weights, static_argnames=("model",))
+
+
 @functools.partial(jax.jit, static_argnames=("model", "plan", "mesh"), donate_argnames=("cache",))
 def decode(
     params: dict, cache: kv.KVCache, logits: Array, knobs: Knobs, table: stops_lib.StopTable | None, *,
@@ -194,12 +215,24 @@ def decode(
     table: the strings searched for (stop strings, then the step delimiter), None when there are none.
     The cache needs plan.max_new_tokens free slots. Returns (output, cache extended by each row's
     tokens, next-token logits [B, V] after each row's last token): a later call goes on from there
-    (give it another seed, or it replays the same random numbers).
+    (give it another seed, or it replays the same random numbers). Callers that decode again and
+    again from one cache keep it split by layer and call `decode_loop` (CaT does).
     """
-    b = logits.shape[0]
-    params, model = qwen.untie_head(params, model)  # one transpose of a tied head, not one per token
-    layers = kv.decode_layers(params, model)  # sliced and concatenated once, not once per token
     cache = constrain_layer_cache(kv.split_layers(cache), mesh)
+    out, cache, logits = decode_loop(
+        prepare_weights(params, model), cache, logits, knobs, table, model=model, plan=plan, mesh=mesh
+    )
+    return out, constrain_cache(kv.stack_layers(cache), mesh), logits
+
+
+def decode_loop(
+    weights: DecodeWeights, cache: kv.LayerCache, logits: Array, knobs: Knobs, table: stops_lib.StopTable | None,
+    *, model: ModelConfig, plan: DecodePlan, mesh: Mesh | None = None,
+) -> tuple[SampleOutput, kv.LayerCache, Array]:
+    """`decode` on a cache split by layer and prepared weights (call it inside a jit)."""
+    b = logits.shape[0]
+    params, layers = weights
+    head_model = model.replace(tie_word_embeddings=False)  # weights.params holds an explicit lm_head
     keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(knobs.seed), knobs.rows)
 
     def next_token(c: _Carry) -> _Carry:
@@ -233,7 +266,7 @@ def decode(
         hidden, cache = kv.decode_layers_step(params, layers, model, c.cache, token, live)
         cache = constrain_layer_cache(cache, mesh)
         # Rows that have ended keep the logits after their last token, for a decode that goes on.
-        logits = jnp.where(live[:, None], kv.logits(params, model, hidden), c.logits)
+        logits = jnp.where(live[:, None], kv.logits(params, head_model, hidden), c.logits)
         logits = constrain(logits, ("batch", "vocab"), mesh)
         return _Carry(c.step + 1, cache, logits, recent, c.done | ended, out)
 
@@ -243,4 +276,4 @@ def decode(
     recent = None if table is None else constrain(stops_lib.start(table, b), ("batch", None), mesh)
     start = _Carry(jnp.zeros((), jnp.int32), cache, logits, recent, jnp.zeros((b,), bool), _empty_output(b, plan, mesh))
     final = jax.lax.while_loop(running, next_token, start)
-    return final.out, constrain_cache(kv.stack_layers(final.cache), mesh), final.logits
+    return final.out, final.cache, final.logits

@@ -157,6 +157,14 @@ def stack_layers(cache: LayerCache) -> KVCache:
     return KVCache(keys=stack(cache.keys), values=stack(cache.values), valid=cache.valid, end=cache.end)
 
 
+def gather_layer_rows(cache: LayerCache, index: Array) -> LayerCache:
+    """`gather_rows` for the per-layer form: index [B'] int32 picks row index[i] as row i."""
+    def take(xs: tuple[Array, ...]) -> tuple[Array, ...]:
+        return tuple(jnp.take(x, index, axis=0) for x in xs)
+
+    return cache.replace(keys=take(cache.keys), values=take(cache.values), valid=jnp.take(cache.valid, index, axis=0))
+
+
 class DecodeLayer(NamedTuple):
     """One layer's weights made ready for one-token steps, once per decode call: in the compute
     dtype, with the q, k and v projections side by side (one matmul) and gate and up side by side."""
