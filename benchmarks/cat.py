@@ -12,8 +12,8 @@ Model: --model DIR (any HF folder with its tokenizer); by default real SmolLM2-1
 model with a character tokenizer (cost only: its accuracy is meaningless; the JSON says so).
 Questions: GSM8K test (--data gsm8k, from --data-dir) in the model's chat template, or the arith
 world of the demo (--data arith: held-out demo questions; pass the demo's trained model with --model).
---tau auto sets tau to the median lowest running path confidence of a tau = 0 CaT run on the same
-questions, so that about half of the paths are pruned.
+--tau auto picks tau so that about half of CaT's paths are pruned: a bisection over quantiles of the
+lowest running path confidence in a tau = 0 CaT run on the same questions (`tau_search` in the JSON).
 
     python benchmarks/cat.py [--model DIR] [--data gsm8k|arith] [--questions 32] [--tau auto] [--out DIR]
 
@@ -35,6 +35,7 @@ import common  # noqa: E402
 import smollm2  # noqa: E402
 
 K = 10
+AUTO_TAU_STEPS = 4  # bisection steps of --tau auto after the median
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -109,7 +110,7 @@ def main() -> None:
     p.add_argument("--max-steps", type=int, default=4)
     p.add_argument("--width", type=int, default=2)
     p.add_argument("--branch", type=int, default=3)
-    p.add_argument("--tau", default="auto", help="CaT's tau for the headline numbers, or 'auto' (prune ~half)")
+    p.add_argument("--tau", default="auto", help="CaT's tau for the headline numbers, or 'auto' (the tau that prunes closest to half of the paths)")
     p.add_argument("--sweep", type=int, default=3, help="quantiles of path confidence added to tau = 0 and tau in the accuracy-tokens sweep (0: no sweep)")
     p.add_argument("--signal", default="entropy_conf", choices=("entropy_conf", "max_prob", "topk_conf"))
     p.add_argument("--branch-below", type=float, default=None, help="adaptive branching threshold")
@@ -158,9 +159,21 @@ def main() -> None:
         return [d.answer is not None and grading.grade_answer(d.answer, a) for d, (_, a) in zip(decisions, problems)]
 
     everyone = list(range(len(problems)))
-    if args.tau == "auto":  # tau = the median lowest running path confidence of an unpruned search
+    tau_search = []
+    if args.tau == "auto":
+        # Candidates: quantiles of the lowest running path confidence of an unpruned search. Pruning
+        # keeps each question's best path, so the median prunes fewer than half: bisect the quantile
+        # level for the tau whose search prunes closest to half of the paths.
         lows = [running_min(t.step_confidence) for d in run("cat", config_for("cat"), everyone) for t in d.traces]
-        tau = float(np.median(lows))
+        lo, hi = 0.5, 1.0
+        for level in [0.5] + [None] * AUTO_TAU_STEPS:
+            level = level if level is not None else (lo + hi) / 2
+            candidate = float(np.quantile(lows, level))
+            share = pruned_share(run("cat", config_for("cat", tau=candidate), everyone))
+            tau_search.append({"quantile": level, "tau": round(candidate, 5), "pruned_share": share})
+            log(f"tau {candidate:.5f} (quantile {level:.3f}) prunes {share:.1%}")
+            lo, hi = (level, hi) if share < 0.5 else (lo, level)
+        tau = min(tau_search, key=lambda s: abs(s["pruned_share"] - 0.5))["tau"]
         log(f"tau auto: {tau:.5f}")
     else:
         tau = float(args.tau)
@@ -176,7 +189,8 @@ def main() -> None:
         latency = None
         if args.latency_questions:
             few = everyone[: args.latency_questions]
-            run(method, cfg, few[:1])  # compiles the one-question shapes
+            for i in few:  # compiles the one-question shapes (CaT's batch buckets depend on the tree)
+                run(method, cfg, [i])
             start = time.perf_counter()
             for i in few:
                 run(method, cfg, [i])
@@ -201,14 +215,20 @@ def main() -> None:
         sweep.append({"tau": round(t, 5), "tokens_per_question": float(np.mean([d.tokens for d in decisions])),
                       "accuracy": float(np.mean(graded(decisions))), "pruned_share": pruned_share(decisions)})
 
-    # The confidence signals' cost per decode step: the same greedy decode with and without them.
+    # The confidence signals' cost per decode step: the same greedy decode with and without them, in
+    # back-to-back pairs (alternating which goes first); the median pair and the range are reported.
     rows = ids[: min(len(ids), 16)]
     with_signals = SamplingConfig(max_new_tokens=length, step_delimiter=None)
     bare = dataclasses.replace(with_signals, signals=False)
-    per_call = {
-        name: common.median_seconds(lambda s=s: sampler.generate(rows, s), max(args.repeats, 3))
-        for name, s in (("signals", with_signals), ("bare", bare))
-    }
+    calls = {"signals": lambda: sampler.generate(rows, with_signals), "bare": lambda: sampler.generate(rows, bare)}
+    for call in calls.values():
+        call()  # compiles
+    pairs = []
+    for i in range(max(args.repeats, 7)):
+        order = ("signals", "bare") if i % 2 else ("bare", "signals")
+        pairs.append({name: common.median_seconds(calls[name], 1, warmup=0) for name in order})
+    ratios = sorted(p["signals"] / p["bare"] for p in pairs)
+    per_call = {name: float(np.median([p[name] for p in pairs])) for name in calls}
 
     result = {
         "benchmark": "cat",
@@ -218,13 +238,15 @@ def main() -> None:
         "questions": len(problems),
         "k": K,
         "tau": tau,
+        "tau_search": tau_search,
         "signal": args.signal,
         "cat_config": dataclasses.asdict(dataclasses.replace(cat_cfg, tau=tau)),
         "methods": results,
         "accuracy": {m: r["accuracy"] for m, r in results.items()},
         "cat_accuracy_vs_tokens": sweep,
         "confidence_seconds_per_decode_step": (per_call["signals"] - per_call["bare"]) / length,
-        "confidence_overhead": per_call["signals"] / per_call["bare"] - 1,
+        "confidence_overhead": float(np.median(ratios)) - 1,
+        "confidence_overhead_range": [ratios[0] - 1, ratios[-1] - 1],
         "speedup_vs_sc": results["cat"]["questions_per_second"] / results["sc"]["questions_per_second"],
         "latency_speedup_vs_sc": (results["sc"]["seconds_per_question_latency"] or 0)
         / (results["cat"]["seconds_per_question_latency"] or 1),
