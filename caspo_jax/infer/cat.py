@@ -1,18 +1,17 @@
 """CaT (Confidence-aware Thought): a step-level tree search whose pruning and ranking run on device.
 
-Each question owns R = W * B logical slots (questions batched, slots question-major: slot q * R + s).
-A round extends every live slot by one step with one jitted `decoding.decode_loop` (until_step_end)
-from the cache and logits the previous round left, so shared prefixes are never prefilled again; the
-cache stays split by layer and the weights stay prepared for decoding from round to round (each is
-done once per search, not once per round). The same
-call scores the step: step confidence is the mean token confidence over the step's tokens, path
-confidence folds it in (`confidence.path_update`: running mean, min or product). Then, still on
-device (`_select`): paths that ended with EOS are finished, paths below tau are pruned (a question
-whose live paths are all below tau keeps its best one: pruning thins a tree, it never abandons a
-question), the top W remaining paths survive (`lax.top_k`) and each is repeated B times into the
-next round's slots. The
-first child of a survivor continues its path, the others start new paths (adaptive branching:
-only survivors whose last step confidence is below `branch_below` start new ones), and no more than
+Each question owns R = W * B logical slots (questions batched, slots question-major:
+slot q * R + s). A round extends every live slot by one step with one jitted `decoding.decode_loop`
+(until_step_end) from the cache and logits the previous round left, so shared prefixes are never
+prefilled again; the cache stays split by layer and the weights prepared for decoding from round to
+round (both once per search, not once per round). The same call scores the step: step confidence is
+the mean token confidence over the step's tokens, path confidence folds it in
+(`confidence.path_update`: running mean, min or product). Then, still on device (`_select`): paths
+that ended with EOS are finished, paths below tau are pruned (a question whose live paths are all
+below tau keeps its best one: pruning thins a tree, it never abandons a question), the top W
+remaining paths survive (`lax.top_k`) and each is repeated B times into the next round's slots. The
+first child of a survivor continues its path, the others start new paths (adaptive branching: only
+survivors whose last step confidence is below `branch_below` start new ones), and no more than
 budget (K) paths per question are ever started; an optional token budget stops a question before a
 round could exceed it.
 
@@ -217,8 +216,8 @@ def _prune(live: Array, path_conf: Array, tau: Array, r: int) -> Array:
     jax.jit, static_argnames=("model", "plan", "shape", "mesh"), donate_argnames=("cache", "logits")
 )
 def search_round(
-    weights: decoding.DecodeWeights, cache: kv.LayerCache, logits: Array, slot_of_row: Array, slots: Slots, knobs: decoding.Knobs,
-    limits: Limits, table: stops_lib.StopTable, *, model: ModelConfig, plan: decoding.DecodePlan,
+    weights: decoding.DecodeWeights, cache: kv.LayerCache, logits: Array, slot_of_row: Array, slots: Slots,
+    knobs: decoding.Knobs, limits: Limits, table: stops_lib.StopTable, *, model: ModelConfig, plan: decoding.DecodePlan,
     shape: SearchShape, mesh: Mesh | None = None,
 ) -> tuple[kv.LayerCache, Array, Slots, Record, Array]:
     """One round for every row of the batch (`_regroup`'s output): extend live slots by a step,
