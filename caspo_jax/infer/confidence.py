@@ -13,7 +13,7 @@ Signals, all in fp32 whatever the logits' dtype, natural logs, V = logits.shape[
                 the top k with very negative log-probs. Uniform gives log V; it is unbounded above.
   token_logprob log p(token) of a given token
 
-One exp pass: with m = max logits and e = exp(x - m), Z = sum e and S = sum e (x - m) give
+Two sums of exps: with m = max logits and e = exp(x - m), Z = sum e and S = sum e (x - m) give
 log p = x - m - log Z, H = log Z - S / Z and max_prob = 1 / Z. Masked logits (-inf) are allowed as long
 as each row has one finite logit; V still counts them.
 """
@@ -48,14 +48,16 @@ class TokenSignals(NamedTuple):
 
 
 def _moments(logits: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """The one exp pass. logits: [..., V] -> (x [..., V] f32, shift [...], log_z [...], entropy [...])
+    """The exp sums. logits: [..., V] -> (x [..., V] f32, shift [...], log_z [...], entropy [...])
     where shift = max x and log p = x - shift - log_z."""
     x = logits.astype(jnp.float32)
     shift = jax.lax.stop_gradient(jnp.max(x, axis=-1))
     z = x - shift[..., None]
-    e = jnp.exp(z)
-    sum_e = jnp.sum(e, axis=-1)
-    sum_ez = jnp.sum(jnp.where(e > 0, e * z, 0.0), axis=-1)  # 0 * -inf would be nan
+    sum_e = jnp.sum(jnp.exp(z), axis=-1)
+    # -inf logits are clamped to the lowest float, whose exp is 0 (0 * -inf would be nan). Written
+    # apart from sum_e's exp, so XLA:CPU fuses each sum into its own pass instead of storing e.
+    finite = jnp.maximum(z, jnp.finfo(jnp.float32).min)
+    sum_ez = jnp.sum(jnp.exp(finite) * finite, axis=-1)
     log_z = jnp.log(sum_e)
     return x, shift, log_z, log_z - sum_ez / sum_e
 

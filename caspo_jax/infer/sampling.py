@@ -36,9 +36,9 @@ def _first_max(x: Array) -> Array:
 
 
 def _take_blocks(blocks: Array, block: Array) -> Array:
-    """blocks: [B, nb, BLOCK]; block: [B, n] -> [B, n, BLOCK], row b's blocks block[b].
+    """blocks: [B, nb, size]; block: [B, n] -> [B, n, size], row b's blocks block[b].
 
-    A row gather on the [B * nb, BLOCK] view: on CPU several times faster than the equivalent
+    A row gather on the [B * nb, size] view: on CPU several times faster than the equivalent
     `take_along_axis`, which XLA lowers to a general gather."""
     b, nb, size = blocks.shape
     rows = jnp.arange(b, dtype=block.dtype)[:, None] * nb + block
@@ -47,7 +47,7 @@ def _take_blocks(blocks: Array, block: Array) -> Array:
 
 
 def _take_block(blocks: Array, block: Array) -> Array:
-    """blocks: [B, nb, BLOCK]; block: [B] -> [B, BLOCK]."""
+    """blocks: [B, nb, size]; block: [B] -> [B, size]."""
     return _take_blocks(blocks, block[:, None])[:, 0]
 
 
