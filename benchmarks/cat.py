@@ -110,7 +110,9 @@ def main() -> None:
     p.add_argument("--max-steps", type=int, default=4)
     p.add_argument("--width", type=int, default=2)
     p.add_argument("--branch", type=int, default=3)
-    p.add_argument("--tau", default="auto", help="CaT's tau for the headline numbers, or 'auto' (the tau that prunes closest to half of the paths)")
+    p.add_argument(
+        "--tau", default="auto", help="CaT's tau for the headline numbers, or 'auto' (the tau pruning closest to half the paths)"
+    )
     p.add_argument("--sweep", type=int, default=3, help="quantiles of path confidence added to tau = 0 and tau in the accuracy-tokens sweep (0: no sweep)")
     p.add_argument("--signal", default="entropy_conf", choices=("entropy_conf", "max_prob", "topk_conf"))
     p.add_argument("--branch-below", type=float, default=None, help="adaptive branching threshold")
@@ -165,14 +167,14 @@ def main() -> None:
         # keeps each question's best path, so the median prunes fewer than half: bisect the quantile
         # level for the tau whose search prunes closest to half of the paths.
         lows = [running_min(t.step_confidence) for d in run("cat", config_for("cat"), everyone) for t in d.traces]
-        lo, hi = 0.5, 1.0
-        for level in [0.5] + [None] * AUTO_TAU_STEPS:
-            level = level if level is not None else (lo + hi) / 2
+        lo, hi, level = 0.5, 1.0, 0.5
+        for _ in range(1 + AUTO_TAU_STEPS):
             candidate = float(np.quantile(lows, level))
             share = pruned_share(run("cat", config_for("cat", tau=candidate), everyone))
             tau_search.append({"quantile": level, "tau": round(candidate, 5), "pruned_share": share})
             log(f"tau {candidate:.5f} (quantile {level:.3f}) prunes {share:.1%}")
             lo, hi = (level, hi) if share < 0.5 else (lo, level)
+            level = (lo + hi) / 2
         tau = min(tau_search, key=lambda s: abs(s["pruned_share"] - 0.5))["tau"]
         log(f"tau auto: {tau:.5f}")
     else:

@@ -52,11 +52,9 @@ def _take_block(blocks: Array, block: Array) -> Array:
 
 
 def pick(x: Array, ids: Array) -> Array:
-    """x: [..., V]; ids: [...] int in [0, V) -> [...], x[..., ids] (a gather on the flat view, as
-    `_take_blocks`)."""
-    v = x.shape[-1]
-    flat_ids = jnp.arange(ids.size, dtype=jnp.int32) * v + ids.reshape(-1).astype(jnp.int32)
-    return jnp.take(x.reshape(-1), flat_ids, axis=0, mode="clip").reshape(ids.shape)
+    """x: [..., V]; ids: [...] int in [0, V) -> [...], x[..., ids] (`_take_blocks` with blocks of one)."""
+    rows = x.reshape(ids.size, x.shape[-1], 1)
+    return _take_blocks(rows, ids.reshape(-1, 1).astype(jnp.int32)).reshape(ids.shape)
 
 
 def argmax(logits: Array) -> Array:

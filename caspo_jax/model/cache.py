@@ -106,17 +106,6 @@ def repeat_rows(cache: KVCache, n: int) -> KVCache:
     )
 
 
-def gather_rows(cache: KVCache, index: Array) -> KVCache:
-    """Rows picked by index: [B'] int32 (row i of the result is row index[i]); CaT reorders and
-    repeats the surviving paths' rows this way, on device."""
-    return KVCache(
-        keys=jnp.take(cache.keys, index, axis=1),
-        values=jnp.take(cache.values, index, axis=1),
-        valid=jnp.take(cache.valid, index, axis=0),
-        end=cache.end,
-    )
-
-
 # ---------------------------------------------------------------------------------------------------
 # The decode loop's form: one token per row per step, on a cache split by layer.
 #
@@ -158,7 +147,8 @@ def stack_layers(cache: LayerCache) -> KVCache:
 
 
 def gather_layer_rows(cache: LayerCache, index: Array) -> LayerCache:
-    """`gather_rows` for the per-layer form: index [B'] int32 picks row index[i] as row i."""
+    """Rows picked by index: [B'] int32 (row i of the result is row index[i]); CaT reorders and
+    repeats the surviving paths' rows this way, on device."""
     def take(xs: tuple[Array, ...]) -> tuple[Array, ...]:
         return tuple(jnp.take(x, index, axis=0) for x in xs)
 
