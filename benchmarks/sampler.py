@@ -4,7 +4,12 @@ One run, one HF model folder, one batch: 8 prompts x 32 tokens, 128 new tokens, 
 sides so every row generates all 128. Measured: tokens/s greedy, and sampling with scores
 (temperature 0.7, top-p 0.95; transformers with output_scores=True, return_dict_in_generate=True; ours
 returns log-probs and confidence signals), and the cost of our confidence signals (greedy with
-signals against greedy with log-probs only). Every measurement runs once per round, the rounds
+signals against greedy with log-probs only). It also times the least any greedy decoder must do, our
+model's forward and an argmax per token in one jitted loop (`forward_floor`): transformers' time over
+that caps the greedy speedup any sampler built on this forward can reach here; the model's matmuls
+alone (`matmul_floor`), which cap any forward XLA runs here; and the signals' own
+arithmetic on [8, V] logits with no model (`confidence_arithmetic_share`: what they add, over a step
+without them). Every measurement runs once per round, the rounds
 interleaving ours and transformers' so that other load on the machine hits both alike; speedups and
 the overhead are medians of within-round ratios (with their range), times are medians after a
 warm-up, and compile time is reported apart.
@@ -34,6 +39,104 @@ def wall_and_cpu_seconds(run) -> tuple[float, float]:
     wall, cpu = time.perf_counter(), time.process_time()
     run()
     return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def forward_floor(config, params, prompts):
+    """A run of the bare minimum of greedy decoding: prefill, then NEW_TOKENS steps of the model's
+    one-token forward (`cache.decode_layers_step` + LM head) and an argmax, in one jitted loop; no
+    log-probs, signals, stopping or outputs."""
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+
+    from caspo_jax.infer import decoding, sampling
+    from caspo_jax.model import cache as kv
+
+    @functools.partial(jax.jit, static_argnames=("model",))
+    def greedy_tokens(weights, cache, token, *, model):
+        params, layers = weights
+        head = model.replace(tie_word_embeddings=False)  # prepared weights hold an explicit head
+        live = jnp.ones(token.shape, bool)
+
+        def step(_, carry):
+            cache, token = carry
+            hidden, cache = kv.decode_layers_step(params, layers, model, cache, token, live)
+            return cache, sampling.argmax(kv.logits(params, head, hidden))
+
+        return jax.lax.fori_loop(0, NEW_TOKENS, step, (cache, token))[1]
+
+    tokens, mask = jnp.asarray(prompts), jnp.ones(prompts.shape, bool)
+    weights = decoding.prepare_weights_jit(params, model=config)
+
+    def run():
+        cache, logits = decoding.prefill(
+            params, tokens, mask, model=config, num_samples=1, cache_length=PROMPT_TOKENS + NEW_TOKENS
+        )
+        greedy_tokens(weights, kv.split_layers(cache), sampling.argmax(logits), model=config).block_until_ready()
+    return run
+
+
+def matmul_floor(config, params):
+    """A run of the model's matmuls alone, batch BATCH, NEW_TOKENS steps in one jitted loop: every
+    layer's q/k/v, o, gate/up and down projections and the LM head, chained as in the model but with
+    no attention, norms or sampling. No forward on this machine's XLA can take less."""
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+
+    from caspo_jax.infer import decoding
+
+    @functools.partial(jax.jit, static_argnames=("model",))
+    def chain(weights, x, *, model):
+        params, layers = weights
+        heads_width = model.num_heads * model.head_dim
+
+        def step(_, x):
+            for layer in layers:
+                x = x + (x @ layer.qkv)[:, :heads_width] @ layer.o
+                gate, up = jnp.split(x @ layer.gate_up, 2, axis=-1)
+                x = x + (gate * up) @ layer.down
+            logits = x @ params["lm_head"]
+            return x + logits[:, : x.shape[1]] * 1e-6  # the head's output feeds the next step
+        return jax.lax.fori_loop(0, NEW_TOKENS, step, x)
+
+    weights = decoding.prepare_weights_jit(params, model=config)
+    x = jnp.ones((BATCH, config.hidden_size), jnp.dtype(config.dtype))
+    return lambda: chain(weights, x, model=config).block_until_ready()
+
+
+def signal_arithmetic(vocab: int):
+    """Runs of the signals' own arithmetic, apart from any model: NEW_TOKENS steps over [BATCH, vocab]
+    logits in one jitted loop, once computing what greedy without signals computes (argmax, log-prob)
+    and once what it computes with them. Their difference over a step without signals is the share
+    of the confidence overhead that is arithmetic, whatever the rest of the step does."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from caspo_jax.infer import confidence, sampling
+
+    def loop(score):
+        @jax.jit
+        def steps(logits):
+            def step(_, carry):
+                logits, total = carry
+                token = sampling.argmax(logits)
+                value = jnp.sum(score(logits, token))
+                return logits.at[0, 0].add(value * 1e-30), total + value  # each step depends on the last
+            return jax.lax.fori_loop(0, NEW_TOKENS, step, (logits, jnp.zeros(())))[1]
+        return steps
+
+    def log_prob(logits, token):
+        return sampling.pick(logits, token) - jax.nn.logsumexp(logits, axis=-1)
+
+    def signals(logits, token):
+        return jnp.stack(confidence.token_signals(logits, token))
+
+    logits = jnp.asarray(np.random.RandomState(0).normal(0, 3, (BATCH, vocab)).astype(np.float32))
+    return {name: (lambda f=loop(score): f(logits).block_until_ready()) for name, score in (("log_prob", log_prob), ("signals", signals))}
 
 
 def main() -> None:
@@ -90,6 +193,9 @@ def main() -> None:
         "ours_greedy": ours(greedy),
         "transformers_greedy": theirs(do_sample=False),
         "ours_greedy_no_signals": ours(bare),
+        "forward_floor": forward_floor(config, params, prompts),
+        "matmul_floor": matmul_floor(config, params),
+        **{f"arithmetic_{name}": run for name, run in signal_arithmetic(config.vocab_size).items()},
         "ours_sampling": ours(sampled),
         "transformers_sampling": theirs(
             do_sample=True, temperature=TEMPERATURE, top_p=TOP_P, output_scores=True, return_dict_in_generate=True
@@ -123,7 +229,10 @@ def main() -> None:
     for name in compile_s:  # first call minus a steady-state call: tracing and XLA compilation
         compile_s[name] = round(compile_s[name] - times[f"ours_{name}"], 3)
 
-    tokens_per_s = {name: BATCH * NEW_TOKENS / t for name, t in times.items()}
+    tokens_per_s = {name: BATCH * NEW_TOKENS / t for name, t in times.items() if name.startswith(("ours", "transformers"))}
+    arithmetic = [(r["arithmetic_signals"] - r["arithmetic_log_prob"]) / r["ours_greedy_no_signals"] for r in rounds]
+    floor_speedups = ratios("transformers_greedy", "forward_floor")
+    matmul_speedups = ratios("transformers_greedy", "matmul_floor")
     common.emit({
         "benchmark": "sampler",
         "model": str(model_dir),
@@ -135,8 +244,12 @@ def main() -> None:
         "speedup_vs_transformers": {kind: round(statistics.median(r), 2) for kind, r in speedups.items()},
         "speedup_range": {kind: [round(min(r), 2), round(max(r), 2)] for kind, r in speedups.items()},
         "speedup_in_cpu_seconds": {kind: round(statistics.median(r), 2) for kind, r in cpu_speedups.items()},
+        "ms_per_token_step": {k: round(v / NEW_TOKENS * 1e3, 3) for k, v in times.items()},
+        "greedy_speedup_cap_at_forward_floor": round(statistics.median(floor_speedups), 2),
+        "greedy_speedup_cap_at_matmul_floor": round(statistics.median(matmul_speedups), 2),
         "confidence_overhead": round(statistics.median(overheads) - 1, 4),
         "confidence_overhead_range": [round(min(overheads) - 1, 4), round(max(overheads) - 1, 4)],
+        "confidence_arithmetic_share": round(statistics.median(arithmetic), 4),
         "compile_s": compile_s,
         "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     })
