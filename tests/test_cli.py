@@ -1,11 +1,14 @@
 """The `caspo-jax` command end to end (in process, as a user would call it)."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
+import pytest
 import transformers
 
-from caspo_jax.cli import main
+from caspo_jax.cli import COMMANDS, main
 from caspo_jax.model import hf
 from hf_models import save_hf_model, torch_logits
 
@@ -39,3 +42,24 @@ def test_user_errors_exit_2_with_one_line(capsys, tmp_path):
     assert main(["inspect", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("caspo-jax inspect: error:") and "config.json" in err
+
+
+def test_help_lists_every_command_without_loading_jax():
+    code = (
+        "import contextlib, io, sys\n"
+        "from caspo_jax.cli import COMMANDS, main\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):\n"
+        "    main(['--help'])\n"
+        "assert all(name in out.getvalue() for name in COMMANDS), out.getvalue()\n"
+        "assert 'jax' not in sys.modules and 'transformers' not in sys.modules, 'help imported jax'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_every_command_parses_its_own_help(capsys):
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as exit_:
+            main([name, "--help"])
+        assert exit_.value.code == 0
+        assert f"usage: caspo-jax {name}" in capsys.readouterr().out
