@@ -13,7 +13,7 @@ import jax
 
 from caspo_jax.config import CaTConfig, EvalConfig, MeshConfig
 from caspo_jax.eval import decoders
-from caspo_jax.infer import cat, decoding, deepconf, stops
+from caspo_jax.infer import cat, cat_tree, decoding, deepconf, stops
 from caspo_jax.infer.sampler import Sampler, SamplingConfig
 from caspo_jax.model import hf
 from caspo_jax.model import tokenizer as tokenizer_lib
@@ -64,7 +64,7 @@ def prompts(tokenizer) -> list[list[int]]:
     return tokenizer_lib.encode(tokenizer, ["What is 3 + 4?", "Add 12 and 30, then halve it."])
 
 
-def tree(result: cat.CaTResult) -> list[tuple]:
+def tree(result: cat_tree.CaTResult) -> list[tuple]:
     return [(p.id, p.parent, p.started, p.tokens, p.status, round(p.confidence, 5)) for p in result.paths]
 
 
@@ -146,12 +146,12 @@ def test_sharded_search_equals_single_device(qwen3, tokenizer):
 
 def test_vote_weights_by_confidence_and_best_path():
     def path(i, answer, confidence, status="finished"):
-        return cat.Path(i, None, 0, [], [], [], confidence, status, 0, answer=answer)
+        return cat_tree.Path(i, None, 0, [], [], [], confidence, status, 0, answer=answer)
 
     paths = [path(0, "3", 0.9), path(1, "5", 0.4), path(2, "5", 0.4), path(3, "7", 0.99, "pruned")]
-    assert cat.choose(paths, "vote") == 0  # 0.9 for "3" beats 0.8 for "5"; the pruned path has no say
+    assert cat_tree.choose(paths, "vote") == 0  # 0.9 for "3" beats 0.8 for "5"; the pruned path has no say
     paths[2].confidence = 0.6
-    assert cat.choose(paths, "vote") == 1 and cat.choose(paths, "best") == 0
+    assert cat_tree.choose(paths, "vote") == 1 and cat_tree.choose(paths, "best") == 0
 
 
 def test_windowed_confidence_stop_and_deepconf(qwen3, tokenizer):
@@ -186,7 +186,7 @@ def test_eval_methods_cat_and_deepconf(qwen3, tokenizer):
             assert d.chosen is None or d.traces[d.chosen].answer is not None
 
 
-def live_per_round(result: cat.CaTResult) -> list[int]:
+def live_per_round(result: cat_tree.CaTResult) -> list[int]:
     """Slots live in each round, counted from the tree (a path is live from its start to its end)."""
     return [sum(p.started <= n <= p.ended for p in result.paths) for n in range(result.rounds)]
 

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from caspo_jax.config import CaTConfig, MeshConfig
-from caspo_jax.infer import cat
+from caspo_jax.infer import cat, cat_tree
 from caspo_jax.infer.sampler import Sampler
 from caspo_jax.model import hf
 from caspo_jax.model import tokenizer as tokenizer_lib
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         sampler, ids, cfg, temperature=args.temperature, top_p=args.top_p,
         step_delimiter=codecs.decode(args.step_delimiter, "unicode_escape"), seed=args.seed,
     )[0]
-    print(cat.render(result))
+    print(cat_tree.render(result))
     if args.json is not None:
         args.json.write_text(json.dumps(dataclasses.asdict(result), indent=1), encoding="utf-8")
     return 0

@@ -24,9 +24,9 @@ keeps `source`, the row of the previous batch that holds its cache; each row kno
 (`slot_of_row`, QR for an empty padding row) and draws its random numbers from its slot id, so a
 search with compaction samples exactly what it samples without. The round's outputs are scattered
 back to slots for the record. The host reads one scalar per round (how many slots are live next:
-it picks the next bucket, 0 ends the search) and the round records once at the end, from which it
-builds each question's tree and its answer: a confidence-weighted vote over finished paths, or the
-best one. (Admitting new questions into freed rows mid-search would need a cache whose write slot
+it picks the next bucket, 0 ends the search) and the round records once at the end, from which
+`cat_tree` builds each question's tree and its answer: a confidence-weighted vote over finished
+paths, or the best one. (Admitting new questions into freed rows mid-search would need a cache whose write slot
 is per row; `model/cache.py` shares one `end` per batch, so questions in flight are a batch.)
 
     result = search(sampler, [prompt_ids], CaTConfig(width=2, branch=3, budget=10), temperature=0.7)[0]
@@ -35,7 +35,6 @@ is per row; `model/cache.py` shares one `end` per batch, so questions in flight 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import time
@@ -48,9 +47,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from caspo_jax.config import CaTConfig, ModelConfig
-from caspo_jax.data import grading
-from caspo_jax.eval import metrics
-from caspo_jax.infer import confidence, decoding
+from caspo_jax.infer import cat_tree, confidence, decoding
 from caspo_jax.infer import stops as stops_lib
 from caspo_jax.infer.sampler import Sampler, SamplingConfig
 from caspo_jax.model import cache as kv
@@ -245,84 +242,6 @@ def search_round(
     return cache, logits, nxt, record, jnp.sum(nxt.live, dtype=jnp.int32)
 
 
-@dataclasses.dataclass
-class Path:
-    """One root-to-leaf path of a question's tree (host side)."""
-
-    id: int
-    parent: int | None  # the path it branched from (None: from the root)
-    started: int  # round of its first own step
-    tokens: list[int]  # all its tokens, shared prefix included
-    steps: list[str]
-    step_confidence: list[float]
-    confidence: float
-    status: str  # 'finished' | 'pruned' | 'dropped' (not in the top W, or no token budget left) | 'unfinished' (out of rounds)
-    ended: int  # round of its last step
-    text: str = ""
-    answer: str | None = None
-    own_tokens: int = 0  # tokens generated for it (not shared with its parent)
-
-
-@dataclasses.dataclass
-class CaTResult:
-    """One question: the answer, the path that gives it, every path, tokens generated, wall seconds
-    (the batch's time divided by its questions) and rounds run. batch_rows: the rows the batch this
-    question ran in computed in each round (with compaction they shrink as paths end); row_steps:
-    sum over rounds of rows * decode iterations, the batch's compute in row-tokens."""
-
-    answer: str | None
-    chosen: int | None  # index into paths
-    paths: list[Path]
-    tokens: int
-    seconds: float
-    rounds: int
-    batch_rows: list[int] = dataclasses.field(default_factory=list)
-    row_steps: int = 0
-
-
-def _tree(records: list[Record], row0: int, r: int, tokenizer) -> list[Path]:
-    """Host: the paths of the question whose rows are [row0, row0 + r)."""
-    paths: dict[int, Path] = {}
-    steps: dict[int, list[tuple[int, list[int], float]]] = {}
-    for n, rec in enumerate(records):
-        for row in range(row0, row0 + r):
-            if not rec.live[row]:
-                continue
-            pid, parent = int(rec.path[row]), int(rec.parent[row])
-            own = rec.tokens[row, : rec.lengths[row]].tolist()
-            if pid not in paths:
-                steps[pid] = [s for s in steps.get(parent, []) if s[0] < n]
-                paths[pid] = Path(pid, None if parent < 0 else parent, n, [], [], [], 0.0, "unfinished", n)
-            steps[pid].append((n, own, float(rec.step_conf[row])))
-            p = paths[pid]
-            p.confidence, p.ended, p.own_tokens = float(rec.path_conf[row]), n, p.own_tokens + len(own)
-            p.status = "finished" if rec.finished[row] else "pruned" if rec.pruned[row] else "dropped"
-    for pid, p in paths.items():
-        if p.status == "dropped" and p.ended == len(records) - 1:
-            p.status = "unfinished"
-        p.tokens = [t for _, own, _ in steps[pid] for t in own]
-        p.step_confidence = [c for _, _, c in steps[pid]]
-        p.steps = [tokenizer.decode(own, skip_special_tokens=True) for _, own, _ in steps[pid]]
-        p.text = tokenizer.decode(p.tokens, skip_special_tokens=True)
-        p.answer = grading.extract_answer(p.text)
-    return [paths[k] for k in sorted(paths)]
-
-
-def choose(paths: Sequence[Path], rule: str) -> int | None:
-    """The answering path: 'vote' (confidence-weighted, over finished paths; over unfinished ones if
-    none finished) or 'best' (the most confident of them)."""
-    pool = [i for i, p in enumerate(paths) if p.status == "finished"]
-    pool = pool or [i for i, p in enumerate(paths) if p.status == "unfinished"]
-    pool = [i for i in pool if paths[i].answer is not None] or pool
-    if not pool:
-        return None
-    if rule == "best":
-        return max(pool, key=lambda i: paths[i].confidence)
-    answers, weights = [paths[i].answer for i in pool], [paths[i].confidence for i in pool]
-    won = metrics.majority_vote(answers, grading.grade_answer, weights)
-    return None if won is None else pool[won]
-
-
 def _placement(mesh: Mesh | None):
     """Explicit host -> device puts (no implicit transfer anywhere in a search): (split a [rows, ...]
     array over the batch axes, replicate an array)."""
@@ -343,7 +262,7 @@ def search(
     sampler: Sampler, prompts: Sequence[Sequence[int]], cfg: CaTConfig, *, temperature: float = 0.7,
     top_p: float = 1.0, step_delimiter: str = "\n\n", signal: str = "entropy_conf", seed: int = 0,
     compact: bool = True,
-) -> list[CaTResult]:
+) -> list[cat_tree.CaTResult]:
     """CaT for a batch of prompts (token ids) -> one CaTResult per prompt. compact=False keeps every
     slot in its own row every round (the same results, more compute)."""
     began = time.perf_counter()
@@ -394,25 +313,9 @@ def search(
     row_steps = sum(n * int(max(rec.lengths[rec.live].max(initial=0), 1)) for n, rec in zip(batch_rows, records))
     results = []
     for q in range(len(prompts)):
-        paths = _tree(records, q * r, r, sampler.tokenizer)
-        chosen = choose(paths, cfg.answer)
+        paths = cat_tree.build_paths(records, q * r, r, sampler.tokenizer)
+        chosen = cat_tree.choose(paths, cfg.answer)
         answer = None if chosen is None else paths[chosen].answer
         spent = sum(p.own_tokens for p in paths)
-        results.append(CaTResult(answer, chosen, paths, spent, seconds, len(records), batch_rows, row_steps))
+        results.append(cat_tree.CaTResult(answer, chosen, paths, spent, seconds, len(records), batch_rows, row_steps))
     return results
-
-
-def render(result: CaTResult) -> str:
-    """The tree as indented text: one line per step, with its confidence, then the answer."""
-    lines = []
-    for p in result.paths:
-        mark = " <- answer" if result.chosen is not None and result.paths[result.chosen] is p else ""
-        origin = "root" if p.parent is None else f"path {p.parent}"
-        lines.append(f"path {p.id} (from {origin} at round {p.started}): {p.status} at round {p.ended}, "
-                     f"confidence {p.confidence:.3f}, answer {p.answer!r}{mark}")
-        for n, (text, conf) in enumerate(zip(p.steps, p.step_confidence)):
-            shared = "= " if n < p.started else "  "  # '=': the step it shares with the path it branched from
-            lines.append(f"  {shared}[{conf:.3f}] {text.strip()!r}")
-    lines.append(f"answer: {result.answer!r}  tokens: {result.tokens}  rounds: {result.rounds}  "
-                 f"seconds: {result.seconds:.2f}")
-    return "\n".join(lines)
