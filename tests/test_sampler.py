@@ -174,7 +174,8 @@ def test_sampled_tokens_stay_in_the_allowed_set_at_every_step(models):
 
 
 def test_block_searches_and_draws_match_numpy_over_several_blocks():
-    """The model tests use 128 tokens (one block); here vocabularies span blocks and padding."""
+    """Vocabularies of many blocks, and padding: 1000 tokens are 32 blocks (of MAX_BLOCK) for argmax and
+    top_k, enough for its two-stage search at k=20, and 300 are 3 blocks (of SUM_BLOCK) for draws."""
     rng = np.random.RandomState(0)
     x = rng.randn(4, 1000).astype(np.float32)
     x[1] = 0.0  # all tied: the first index wins

@@ -20,13 +20,18 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-BLOCK = 128  # tokens per block in the two-level searches
+# Tokens per block in the two-level searches. Searches by block maxima (argmax, top_k) are exact for
+# any size; 32 keeps top_k's candidates few (k * 32), which made the confidence signals' top-k ~3x
+# cheaper in the decode loop than blocks of 128. Draws by block sums round by block, so SUM_BLOCK is
+# fixed: changing it would change which token a seed draws.
+MAX_BLOCK = 32
+SUM_BLOCK = 128
 
 
-def _blocks(x: Array, fill: float) -> Array:
-    """[B, V] -> [B, ceil(V / BLOCK), BLOCK], padded with `fill`."""
+def _blocks(x: Array, fill: float, size: int) -> Array:
+    """[B, V] -> [B, ceil(V / size), size], padded with `fill`."""
     b, v = x.shape
-    return jnp.pad(x, ((0, 0), (0, -v % BLOCK)), constant_values=fill).reshape(b, -1, BLOCK)
+    return jnp.pad(x, ((0, 0), (0, -v % size)), constant_values=fill).reshape(b, -1, size)
 
 
 def _first_max(x: Array) -> Array:
@@ -59,41 +64,41 @@ def pick(x: Array, ids: Array) -> Array:
 
 def argmax(logits: Array) -> Array:
     """logits: [B, V] -> [B] int32, the first index of the maximum (as np.argmax)."""
-    blocks = _blocks(logits, -jnp.inf)
+    blocks = _blocks(logits, -jnp.inf, MAX_BLOCK)
     block = _first_max(jnp.max(blocks, axis=-1))
-    return block * BLOCK + _first_max(_take_block(blocks, block))
+    return block * MAX_BLOCK + _first_max(_take_block(blocks, block))
 
 
 def top_k(x: Array, k: int) -> tuple[Array, Array]:
     """Exact `lax.top_k` (values sorted, most likely first): x: [B, V] -> ([B, k], [B, k] int32).
 
-    The k largest entries lie in the k blocks with the largest maxima, so only k * BLOCK candidates
+    The k largest entries lie in the k blocks with the largest maxima, so only k * MAX_BLOCK candidates
     are ranked. Ties may come back in another order than lax.top_k's."""
-    blocks = _blocks(x, -jnp.inf)
-    if k * BLOCK >= x.shape[-1] or k > blocks.shape[1]:
+    blocks = _blocks(x, -jnp.inf, MAX_BLOCK)
+    if k * MAX_BLOCK >= x.shape[-1] or k > blocks.shape[1]:
         return jax.lax.top_k(x, k)
     _, best = jax.lax.top_k(jnp.max(blocks, axis=-1), k)  # [B, k] block numbers
     candidates = _take_blocks(blocks, best).reshape(x.shape[0], -1)
     values, where = jax.lax.top_k(candidates, k)
-    ids = jnp.take_along_axis(best, where // BLOCK, axis=1) * BLOCK + where % BLOCK
+    ids = jnp.take_along_axis(best, where // MAX_BLOCK, axis=1) * MAX_BLOCK + where % MAX_BLOCK
     return values, ids
 
 
 def draw(weights: Array, uniform: Array) -> Array:
     """Inverse-CDF draw. weights: [B, V] f32, unnormalised, >= 0, some > 0 per row; uniform: [B] in
     [0, 1) -> [B] int32, index i with probability weights[i] / sum(weights). Never picks a 0 weight."""
-    blocks = _blocks(weights, 0.0)
+    blocks = _blocks(weights, 0.0, SUM_BLOCK)
     block_cdf = jnp.cumsum(jnp.sum(blocks, axis=-1), axis=-1)  # [B, nb]
     target = uniform * block_cdf[:, -1]
     # The block holding the target: the first whose cumulative mass exceeds it (clamped: rounding).
     block = jnp.minimum(jnp.sum(block_cdf <= target[:, None], axis=-1), block_cdf.shape[-1] - 1)
     before = jnp.where(block > 0, jnp.take_along_axis(block_cdf, jnp.maximum(block - 1, 0)[:, None], 1)[:, 0], 0.0)
-    inside = _take_block(blocks, block)  # [B, BLOCK]
+    inside = _take_block(blocks, block)  # [B, SUM_BLOCK]
     cdf = before[:, None] + jnp.cumsum(inside, axis=-1)
-    offsets = jnp.arange(BLOCK, dtype=jnp.int32)
+    offsets = jnp.arange(SUM_BLOCK, dtype=jnp.int32)
     last_positive = jnp.max(jnp.where(inside > 0, offsets, 0), axis=-1)
     offset = jnp.minimum(jnp.sum(cdf <= target[:, None], axis=-1), last_positive)
-    return block * BLOCK + offset
+    return block * SUM_BLOCK + offset
 
 
 def _uniform(keys: Array, round_: Array | int = 0) -> Array:
