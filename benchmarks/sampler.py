@@ -4,15 +4,14 @@ One run, one HF model folder, one batch: 8 prompts x 32 tokens, 128 new tokens, 
 sides so every row generates all 128. Measured: tokens/s greedy, and sampling with scores
 (temperature 0.7, top-p 0.95; transformers with output_scores=True, return_dict_in_generate=True; ours
 returns log-probs and confidence signals), and the cost of our confidence signals (greedy with
-signals against greedy with log-probs only). It also times the least any greedy decoder must do, our
-model's forward and an argmax per token in one jitted loop (`forward_floor`): transformers' time over
-that caps the greedy speedup any sampler built on this forward can reach here; the model's matmuls
-alone (`matmul_floor`), which cap any forward XLA runs here; and the signals' own
-arithmetic on [8, V] logits with no model (`confidence_arithmetic_share`: what they add, over a step
-without them). Every measurement runs once per round, the rounds
-interleaving ours and transformers' so that other load on the machine hits both alike; speedups and
-the overhead are medians of within-round ratios (with their range), times are medians after a
-warm-up, and compile time is reported apart.
+signals against greedy with log-probs only). It also times three floors: the least any greedy decoder
+must do, our model's forward and an argmax per token in one jitted loop (`forward_floor`; transformers'
+time over it caps the greedy speedup of any sampler on this forward); the model's matmuls alone
+(`matmul_floor`, a cap for any forward XLA runs here); and the signals' own arithmetic on [8, V]
+logits with no model (`confidence_arithmetic_share`: what they add, over a step without them). Every
+measurement runs once per round, the rounds interleaving ours and transformers' so that other load on
+the machine hits both alike; speedups and the overhead are medians of within-round ratios (with
+their range), times are medians after a warm-up, and compile time is reported apart.
 
     python benchmarks/sampler.py [--model DIR] [--repeats 5]
 
@@ -136,7 +135,8 @@ def signal_arithmetic(vocab: int):
         return jnp.stack(confidence.token_signals(logits, token))
 
     logits = jnp.asarray(np.random.RandomState(0).normal(0, 3, (BATCH, vocab)).astype(np.float32))
-    return {name: (lambda f=loop(score): f(logits).block_until_ready()) for name, score in (("log_prob", log_prob), ("signals", signals))}
+    runs = {"log_prob": loop(log_prob), "signals": loop(signals)}
+    return {name: (lambda steps=steps: steps(logits).block_until_ready()) for name, steps in runs.items()}
 
 
 def main() -> None:

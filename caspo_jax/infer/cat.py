@@ -26,8 +26,9 @@ search with compaction samples exactly what it samples without. The round's outp
 back to slots for the record. The host reads one scalar per round (how many slots are live next:
 it picks the next bucket, 0 ends the search) and the round records once at the end, from which
 `cat_tree` builds each question's tree and its answer: a confidence-weighted vote over finished
-paths, or the best one. (Admitting new questions into freed rows mid-search would need a cache whose write slot
-is per row; `model/cache.py` shares one `end` per batch, so questions in flight are a batch.)
+paths, or the best one. (Admitting new questions into freed rows mid-search would need a cache whose
+write slot is per row; `model/cache.py` shares one `end` per batch, so questions in flight are a
+batch.)
 
     result = search(sampler, [prompt_ids], CaTConfig(width=2, branch=3, budget=10), temperature=0.7)[0]
     result.answer, [(p.status, p.confidence, p.steps) for p in result.paths]
