@@ -4,14 +4,15 @@ One run, one HF model folder, one batch: 8 prompts x 32 tokens, 128 new tokens, 
 sides so every row generates all 128. Measured: tokens/s greedy, and sampling with scores
 (temperature 0.7, top-p 0.95; transformers with output_scores=True, return_dict_in_generate=True; ours
 returns log-probs and confidence signals), and the cost of our confidence signals (greedy with
-signals against greedy with log-probs only). It also times three floors: the least any greedy decoder
-must do, our model's forward and an argmax per token in one jitted loop (`forward_floor`; transformers'
-time over it caps the greedy speedup of any sampler on this forward); the model's matmuls alone
-(`matmul_floor`, a cap for any forward XLA runs here); and the signals' own arithmetic on [8, V]
-logits with no model (`confidence_arithmetic_share`: what they add, over a step without them). Every
-measurement runs once per round, the rounds interleaving ours and transformers' so that other load on
-the machine hits both alike; speedups and the overhead are medians of within-round ratios (with
-their range), times are medians after a warm-up, and compile time is reported apart.
+signals against greedy with log-probs only). It also times three floors: the least any greedy
+decoder must do, our model's forward and an argmax per token in one jitted loop (`forward_floor`;
+transformers' time over it caps the greedy speedup of any sampler on this forward); the model's
+matmuls alone (`matmul_floor`, a cap for any forward on XLA's default CPU kernels); and the signals'
+own arithmetic on [8, V] logits with no model (`confidence_arithmetic_share`: what they add, over a
+step without them). Every measurement runs once per round, the rounds interleaving ours and
+transformers' so that other load on the machine hits both alike; speedups and the overhead are
+medians of within-round ratios (with their range), times are medians after a warm-up, and compile
+time is reported apart.
 
     python benchmarks/sampler.py [--model DIR] [--repeats 5]
 
@@ -42,7 +43,7 @@ def wall_and_cpu_seconds(run) -> tuple[float, float]:
 
 def forward_floor(config, params, prompts):
     """A run of the bare minimum of greedy decoding: prefill, then NEW_TOKENS steps of the model's
-    one-token forward (`cache.decode_layers_step` + LM head) and an argmax, in one jitted loop; no
+    one-token forward (`decoding.forward_step`, the sampler's own) and an argmax, in one jitted loop; no
     log-probs, signals, stopping or outputs."""
     import functools
 
@@ -54,14 +55,12 @@ def forward_floor(config, params, prompts):
 
     @functools.partial(jax.jit, static_argnames=("model",))
     def greedy_tokens(weights, cache, token, *, model):
-        params, layers = weights
-        head = model.replace(tie_word_embeddings=False)  # prepared weights hold an explicit head
         live = jnp.ones(token.shape, bool)
 
         def step(_, carry):
             cache, token = carry
-            hidden, cache = kv.decode_layers_step(params, layers, model, cache, token, live)
-            return cache, sampling.argmax(kv.logits(params, head, hidden))
+            logits, cache = decoding.forward_step(weights, cache, token, live, model=model)
+            return cache, sampling.argmax(logits)
 
         return jax.lax.fori_loop(0, NEW_TOKENS, step, (cache, token))[1]
 
@@ -79,7 +78,7 @@ def forward_floor(config, params, prompts):
 def matmul_floor(config, params):
     """A run of the model's matmuls alone, batch BATCH, NEW_TOKENS steps in one jitted loop: every
     layer's q/k/v, o, gate/up and down projections and the LM head, chained as in the model but with
-    no attention, norms or sampling. No forward on this machine's XLA can take less."""
+    no attention, norms or sampling: the least a forward takes on XLA's default CPU kernels."""
     import functools
 
     import jax

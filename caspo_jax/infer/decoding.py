@@ -205,6 +205,16 @@ def prepare_weights(params: dict, model: ModelConfig) -> DecodeWeights:
 prepare_weights_jit = jax.jit(prepare_weights, static_argnames=("model",))
 
 
+def forward_step(
+    weights: DecodeWeights, cache: kv.LayerCache, token: Array, live: Array, *, model: ModelConfig
+) -> tuple[Array, kv.LayerCache]:
+    """The model on one token per row: token, live: [B] -> (next-token logits [B, V], the cache with
+    the token appended; a row not live gets an invalid slot, as in `cache.decode_layers_step`)."""
+    params, layers = weights
+    hidden, cache = kv.decode_layers_step(params, layers, model, cache, token, live)
+    return kv.logits(params, model.replace(tie_word_embeddings=False), hidden), cache  # an explicit lm_head
+
+
 @functools.partial(jax.jit, static_argnames=("model", "plan", "mesh"), donate_argnames=("cache",))
 def decode(
     params: dict, cache: kv.KVCache, logits: Array, knobs: Knobs, table: stops_lib.StopTable | None, *,
@@ -231,8 +241,6 @@ def decode_loop(
 ) -> tuple[SampleOutput, kv.LayerCache, Array]:
     """`decode` on a cache split by layer and prepared weights (call it inside a jit)."""
     b = logits.shape[0]
-    params, layers = weights
-    head_model = model.replace(tie_word_embeddings=False)  # weights.params holds an explicit lm_head
     keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(knobs.seed), knobs.rows)
 
     def next_token(c: _Carry) -> _Carry:
@@ -263,10 +271,10 @@ def decode_loop(
         if table is not None:
             out, recent, stopped = _find_strings(table, plan, out, c.recent, token, live & ~ended, c.step)
             ended |= stopped
-        hidden, cache = kv.decode_layers_step(params, layers, model, c.cache, token, live)
+        next_logits, cache = forward_step(weights, c.cache, token, live, model=model)
         cache = constrain_layer_cache(cache, mesh)
         # Rows that have ended keep the logits after their last token, for a decode that goes on.
-        logits = jnp.where(live[:, None], kv.logits(params, head_model, hidden), c.logits)
+        logits = jnp.where(live[:, None], next_logits, c.logits)
         logits = constrain(logits, ("batch", "vocab"), mesh)
         return _Carry(c.step + 1, cache, logits, recent, c.done | ended, out)
 
